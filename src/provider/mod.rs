@@ -1,0 +1,61 @@
+//! Key providers: the seam between data keys and whatever protects them (a local SM2 key, a remote KMS,
+//! later an HSM or Vault). A provider wraps and unwraps 16-byte data keys under one key-encryption key
+//! (KEK) and names that KEK with a stable id. Providers know nothing of gRPC or of the ciphertext layout.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::KeySpec;
+use crate::secret::DataKey;
+
+pub mod jdcloud;
+pub mod sm2;
+
+/// Why a provider could not do what was asked. The gRPC edge maps each kind to one status code
+/// (DESIGN §6); messages never contain key material or credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Might work if tried again later: unreachable, timed out, 5xx, 429, a garbled or empty answer.
+    #[error("key provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused for a reason that retrying will not fix: a disabled or unknown key, a 4xx.
+    #[error("key provider refused the request: {0}")]
+    Refused(String),
+    /// The provider said our credentials may not use this key.
+    #[error("key provider denied access: {0}")]
+    PermissionDenied(String),
+    /// The wrapped data key is not one this KEK opens (corrupted or wrapped by another key).
+    #[error("wrapped data key rejected: {0}")]
+    InvalidWrappedKey(String),
+    /// The provider could not be built from its configuration (bad key file, missing field).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Wraps and unwraps data keys under one key-encryption key.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + std::fmt::Debug {
+    /// The KEK id written into every ciphertext header; identical on every master with the same config.
+    fn kek_id(&self) -> &str;
+
+    /// Short provider name for logs and metrics (`sm2`, `jdcloud`).
+    fn kind(&self) -> &'static str;
+
+    /// Encrypts a data key under the KEK. The result goes into the ciphertext header as it is.
+    async fn wrap(&self, dk: &DataKey) -> Result<Vec<u8>, ProviderError>;
+
+    /// Recovers a data key that [`KeyProvider::wrap`] produced. Anything but exactly 16 bytes is an error.
+    async fn unwrap(&self, wrapped: &[u8]) -> Result<DataKey, ProviderError>;
+
+    /// A one-line description of the key's state for `check` (a remote provider asks its service).
+    async fn describe(&self) -> Result<String, ProviderError>;
+}
+
+/// Builds the provider a key entry of the configuration asks for.
+pub fn from_spec(spec: &KeySpec) -> Result<Arc<dyn KeyProvider>, ProviderError> {
+    match spec {
+        KeySpec::Sm2(s) => Ok(Arc::new(sm2::Sm2Provider::load(s)?)),
+        KeySpec::JdCloud(j) => Ok(Arc::new(jdcloud::JdCloudProvider::new(j)?)),
+    }
+}
