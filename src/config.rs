@@ -312,7 +312,8 @@ fn positive(v: Option<u64>, default: u64, field: &str) -> Result<u64, String> {
 fn socket_spec(raw: Option<&str>) -> Result<SocketSpec, String> {
     let s = raw.unwrap_or(DEFAULT_SOCKET_PATH);
     let s = s.strip_prefix("unix://").unwrap_or(s);
-    if let Some(name) = s.strip_prefix('@') {
+    // kube-apiserver writes an abstract socket as `unix:///@name`: the URL path is `/@name`.
+    if let Some(name) = s.strip_prefix('@').or_else(|| s.strip_prefix("/@")) {
         if name.is_empty() || name.len() > 107 {
             return Err(
                 "field GRPCSocketPath: an abstract socket name must be 1 to 107 bytes".into(),
