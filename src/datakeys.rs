@@ -1,2 +1,581 @@
-//! TODO
+//! Data keys (DESIGN §3): the current data key for sealing, its rotation, and the cache of unwrapped keys
+//! for opening.
+//!
+//! - Sealing reuses one data key (random nonces) until `DataKeyMaxUses`, `DataKeyMaxAgeSeconds` or a new
+//!   primary KEK retires it. If the provider cannot wrap a replacement, the old key keeps serving up to the
+//!   hard limit of 2^32 messages (the GCM random-nonce bound), and [`DataKeys::degraded`] says so.
+//! - Opening looks the wrapped key up in a bounded LRU; concurrent misses for one wrapped key share one
+//!   provider call (single-flight). A freshly unwrapped key enters the cache only after it opened the
+//!   payload that asked for it, so a wrong key from a faulty remote is never cached.
+//! - Keyed cipher instances own the only copy of each plaintext key and zeroize it when the last user drops.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use sm3::{Digest, Sm3};
+use tokio::sync::OnceCell;
+
+use crate::cipher::{self, Cipher, CipherError};
+use crate::ciphertext::FormatError;
+use crate::config::DataKeyPolicy;
+use crate::error::Error;
+use crate::keyring::Keyring;
+use crate::provider::ProviderError;
+use crate::secret::DataKey;
+
+/// No data key seals more messages than this, whatever the config says: the bound under which random
+/// 96-bit GCM nonces stay safe (NIST SP 800-38D §8.3).
 pub const HARD_MAX_USES: u64 = 1 << 32;
+
+/// After a failed wrap, the next attempt waits this long, so a down remote is not hammered on every call.
+const WRAP_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The cipher new data keys are made for.
+const SEALING_CIPHER: u8 = cipher::SM4_GCM;
+
+type CacheKey = [u8; 32];
+type SharedUnwrap = Arc<OnceCell<Result<Arc<dyn Cipher>, Error>>>;
+
+/// Locks a mutex, shrugging off poisoning: every critical section here leaves the data consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The data key that seals new messages.
+pub struct CurrentKey {
+    kek_id: Arc<str>,
+    wrapped: Vec<u8>,
+    cipher: Box<dyn Cipher>,
+    uses: AtomicU64,
+    born: Instant,
+}
+
+impl CurrentKey {
+    /// The KEK that wrapped this data key (goes into the header and to kube-apiserver as `key_id`).
+    pub fn kek_id(&self) -> &Arc<str> {
+        &self.kek_id
+    }
+    pub fn wrapped(&self) -> &[u8] {
+        &self.wrapped
+    }
+    pub fn cipher(&self) -> &dyn Cipher {
+        self.cipher.as_ref()
+    }
+    pub fn uses(&self) -> u64 {
+        self.uses.load(Ordering::Relaxed)
+    }
+
+    /// Claims one use if that stays within `limit`.
+    fn claim(&self, limit: u64) -> bool {
+        self.uses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// The keyring and tuning in force; replaced whole on reload.
+#[derive(Debug, Clone)]
+pub struct KeyState {
+    pub keyring: Arc<Keyring>,
+    pub policy: DataKeyPolicy,
+}
+
+/// Counters for metrics, health and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub rotations: AtomicU64,
+    pub wrap_failures: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Provider unwrap calls actually made (single-flight merges concurrent misses into one).
+    pub unwraps: AtomicU64,
+    pub unwrap_failures: AtomicU64,
+}
+
+/// Owns the current data key and the unwrap cache.
+pub struct DataKeys {
+    state: RwLock<Arc<KeyState>>,
+    current: Mutex<Option<Arc<CurrentKey>>>,
+    /// Held while a new data key is being wrapped, so only one caller talks to the provider.
+    rotation: tokio::sync::Mutex<()>,
+    last_wrap_failure: Mutex<Option<(Instant, ProviderError)>>,
+    degraded: AtomicBool,
+    cache: Mutex<LruCache<CacheKey, Arc<dyn Cipher>>>,
+    inflight: Mutex<HashMap<CacheKey, SharedUnwrap>>,
+    pub stats: Stats,
+}
+
+impl DataKeys {
+    pub fn new(keyring: Arc<Keyring>, policy: DataKeyPolicy) -> Self {
+        let cap = NonZeroUsize::new(policy.cache_size).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            state: RwLock::new(Arc::new(KeyState { keyring, policy })),
+            current: Mutex::new(None),
+            rotation: tokio::sync::Mutex::new(()),
+            last_wrap_failure: Mutex::new(None),
+            degraded: AtomicBool::new(false),
+            cache: Mutex::new(LruCache::new(cap)),
+            inflight: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The keyring and policy in force now.
+    pub fn state(&self) -> Arc<KeyState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a new keyring and policy (SIGHUP). The current data key retires on its next use if the
+    /// primary changed; cached keys of KEKs no longer in the ring become unreachable.
+    pub fn replace_state(&self, keyring: Arc<Keyring>, policy: DataKeyPolicy) {
+        if let Some(cap) = NonZeroUsize::new(policy.cache_size) {
+            lock(&self.cache).resize(cap);
+        }
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeyState { keyring, policy });
+    }
+
+    /// True while sealing runs on a data key past its policy because a new one could not be wrapped.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The data key now sealing, if any (health and metrics; does not count as a use).
+    pub fn peek_current(&self) -> Option<Arc<CurrentKey>> {
+        lock(&self.current).clone()
+    }
+
+    /// Number of unwrapped data keys cached.
+    pub fn cache_len(&self) -> usize {
+        lock(&self.cache).len()
+    }
+
+    /// The data key to seal one message with; the use is counted.
+    pub async fn current(&self) -> Result<Arc<CurrentKey>, Error> {
+        loop {
+            let state = self.state();
+            let seen = lock(&self.current).clone();
+            if let Some(c) = &seen {
+                if self.fresh(c, &state) && c.claim(state.policy.max_uses) {
+                    return Ok(c.clone());
+                }
+            }
+            match self.rotation.try_lock() {
+                Ok(_guard) => {
+                    let now = lock(&self.current).clone();
+                    let same = match (&now, &seen) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        continue; // another caller rotated while we looked
+                    }
+                    return self.rotate(&state, seen).await;
+                }
+                Err(_) => {
+                    // A rotation is under way: keep sealing with the old key while it may serve.
+                    if let Some(c) = seen.filter(|c| self.may_fall_back(c, &state)) {
+                        return Ok(c);
+                    }
+                    drop(self.rotation.lock().await);
+                }
+            }
+        }
+    }
+
+    fn fresh(&self, c: &CurrentKey, state: &KeyState) -> bool {
+        *c.kek_id == *state.keyring.primary().kek_id() && c.born.elapsed() < state.policy.max_age
+    }
+
+    /// Whether an old data key may keep sealing: its KEK is still in the ring (so what it seals stays
+    /// readable) and the hard use limit is not reached. Claims a use when it may.
+    fn may_fall_back(&self, c: &CurrentKey, state: &KeyState) -> bool {
+        state.keyring.get(&c.kek_id).is_some() && c.claim(HARD_MAX_USES)
+    }
+
+    async fn rotate(
+        &self,
+        state: &KeyState,
+        old: Option<Arc<CurrentKey>>,
+    ) -> Result<Arc<CurrentKey>, Error> {
+        let recent_failure = lock(&self.last_wrap_failure)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < WRAP_RETRY_AFTER)
+            .map(|(_, e)| e.clone());
+        let failure = match recent_failure {
+            Some(e) => e,
+            None => match self.make_key(state).await {
+                Ok(new) => {
+                    *lock(&self.current) = Some(new.clone());
+                    *lock(&self.last_wrap_failure) = None;
+                    self.degraded.store(false, Ordering::Relaxed);
+                    self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(kek_id = %new.kek_id, "new data key in use");
+                    return Ok(new);
+                }
+                Err(Error::Provider(e)) => {
+                    self.stats.wrap_failures.fetch_add(1, Ordering::Relaxed);
+                    *lock(&self.last_wrap_failure) = Some((Instant::now(), e.clone()));
+                    tracing::warn!(error = %e, "cannot wrap a new data key");
+                    e
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        match old {
+            Some(c) if self.may_fall_back(&c, state) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        kek_id = %c.kek_id,
+                        "sealing continues on the previous data key until a new one can be wrapped"
+                    );
+                }
+                Ok(c)
+            }
+            _ => Err(Error::Provider(failure)),
+        }
+    }
+
+    async fn make_key(&self, state: &KeyState) -> Result<Arc<CurrentKey>, Error> {
+        let dk = DataKey::generate().map_err(|e| Error::Rng(e.to_string()))?;
+        let primary = state.keyring.primary();
+        let wrapped = primary.wrap(&dk).await?;
+        if wrapped.is_empty() {
+            return Err(Error::Provider(ProviderError::Unavailable(format!(
+                "{} returned an empty wrapped key",
+                primary.kek_id()
+            ))));
+        }
+        let cipher = cipher::for_id(SEALING_CIPHER, &dk)
+            .ok_or(Error::Malformed(FormatError::UnknownCipher(SEALING_CIPHER)))?;
+        Ok(Arc::new(CurrentKey {
+            kek_id: Arc::from(primary.kek_id()),
+            wrapped,
+            cipher,
+            uses: AtomicU64::new(1),
+            born: Instant::now(),
+        }))
+    }
+
+    /// Opens one message with the data key its header names, unwrapping (once) on a cache miss.
+    ///
+    /// `open` runs the payload decryption; its success is what admits a new key to the cache.
+    pub async fn open_with<T>(
+        &self,
+        cipher_id: u8,
+        kek_id: &str,
+        wrapped: &[u8],
+        open: impl Fn(&dyn Cipher) -> Result<T, CipherError>,
+    ) -> Result<T, Error> {
+        let state = self.state();
+        let provider = state
+            .keyring
+            .get(kek_id)
+            .ok_or_else(|| Error::UnknownKek(kek_id.to_string()))?
+            .clone();
+        let key = cache_key(cipher_id, kek_id, wrapped);
+        let cached = lock(&self.cache).get(&key).cloned();
+        if let Some(c) = cached {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return open(c.as_ref()).map_err(|_| Error::Authentication);
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+
+        let cell = lock(&self.inflight).entry(key).or_default().clone();
+        let _leave = InflightGuard {
+            map: &self.inflight,
+            key,
+            cell: cell.clone(),
+        };
+        let unwrapped = cell
+            .get_or_init(|| async {
+                self.stats.unwraps.fetch_add(1, Ordering::Relaxed);
+                let result = provider.unwrap(wrapped).await.map_err(Error::from).and_then(|dk| {
+                    cipher::for_id(cipher_id, &dk)
+                        .map(Arc::from)
+                        .ok_or(Error::Malformed(FormatError::UnknownCipher(cipher_id)))
+                });
+                if let Err(e) = &result {
+                    self.stats.unwrap_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(kek_id, error = %e, "unwrap failed");
+                }
+                result
+            })
+            .await
+            .clone()?;
+        let out = open(unwrapped.as_ref()).map_err(|_| Error::Authentication)?;
+        // Cache before leaving the in-flight table, so no caller in between makes a second call.
+        lock(&self.cache).put(key, unwrapped);
+        Ok(out)
+    }
+}
+
+/// Removes a finished (or abandoned) single-flight entry, so errors are not remembered and the table
+/// cannot grow with cancelled calls.
+struct InflightGuard<'a> {
+    map: &'a Mutex<HashMap<CacheKey, SharedUnwrap>>,
+    key: CacheKey,
+    cell: SharedUnwrap,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        if let Some(entry) = map.get(&self.key) {
+            // 2 = the table's reference and ours: nobody else is waiting on an unfinished call.
+            if Arc::ptr_eq(entry, &self.cell)
+                && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
+            {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The cache is keyed by a hash of exactly what determines the data key: cipher, KEK id and wrapped bytes
+/// (lengths included, so no two different tuples collide by concatenation).
+fn cache_key(cipher_id: u8, kek_id: &str, wrapped: &[u8]) -> CacheKey {
+    let mut h = Sm3::new();
+    h.update([cipher_id]);
+    h.update((kek_id.len() as u64).to_be_bytes());
+    h.update(kek_id.as_bytes());
+    h.update((wrapped.len() as u64).to_be_bytes());
+    h.update(wrapped);
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::KeyProvider;
+    use async_trait::async_trait;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A provider that counts calls, can be switched off, and can be made to answer with a wrong key.
+    #[derive(Debug, Default)]
+    struct Counting {
+        id: String,
+        wraps: AtomicUsize,
+        unwraps: AtomicUsize,
+        down: AtomicBool,
+        lie: AtomicBool,
+        delay_ms: AtomicU64,
+    }
+
+    #[async_trait]
+    impl KeyProvider for Counting {
+        fn kek_id(&self) -> &str {
+            &self.id
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        async fn wrap(&self, dk: &DataKey) -> Result<Vec<u8>, ProviderError> {
+            self.wraps.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ProviderError::Unavailable("down".into()));
+            }
+            // "Wrapping" by XOR is enough to test the bookkeeping here.
+            Ok(dk.as_bytes().iter().map(|b| b ^ 0x5A).collect())
+        }
+        async fn unwrap(&self, wrapped: &[u8]) -> Result<DataKey, ProviderError> {
+            self.unwraps.fetch_add(1, Ordering::SeqCst);
+            let ms = self.delay_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ProviderError::Unavailable("down".into()));
+            }
+            let mut k: Vec<u8> = wrapped.iter().map(|b| b ^ 0x5A).collect();
+            if self.lie.load(Ordering::SeqCst) {
+                k[0] ^= 1;
+            }
+            DataKey::from_slice(&k).ok_or(ProviderError::InvalidWrappedKey("len".into()))
+        }
+        async fn describe(&self) -> Result<String, ProviderError> {
+            Ok(self.id.clone())
+        }
+    }
+
+    fn setup(policy: DataKeyPolicy) -> (Arc<Counting>, DataKeys) {
+        let p = Arc::new(Counting {
+            id: "k1".into(),
+            ..Default::default()
+        });
+        let ring = Keyring::new(vec![p.clone() as Arc<dyn KeyProvider>]).unwrap();
+        (p, DataKeys::new(Arc::new(ring), policy))
+    }
+
+    async fn seal(dks: &DataKeys, msg: &[u8]) -> (Arc<CurrentKey>, Vec<u8>) {
+        let k = dks.current().await.unwrap();
+        let mut out = Vec::new();
+        k.cipher().seal_append(&[0; 12], b"", msg, &mut out).unwrap();
+        (k, out)
+    }
+
+    #[tokio::test]
+    async fn data_key_is_reused_until_max_uses() {
+        let (p, dks) = setup(DataKeyPolicy {
+            max_uses: 3,
+            ..Default::default()
+        });
+        let mut ids = Vec::new();
+        for _ in 0..7 {
+            let k = dks.current().await.unwrap();
+            ids.push(k.wrapped().to_vec());
+        }
+        assert_eq!(p.wraps.load(Ordering::SeqCst), 3, "7 uses at 3 per key");
+        assert_eq!(ids[0], ids[2]);
+        assert_ne!(ids[2], ids[3]);
+        assert_eq!(dks.stats.rotations.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn data_key_retires_with_age() {
+        let (p, dks) = setup(DataKeyPolicy {
+            max_age: Duration::from_millis(30),
+            ..Default::default()
+        });
+        dks.current().await.unwrap();
+        dks.current().await.unwrap();
+        assert_eq!(p.wraps.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dks.current().await.unwrap();
+        assert_eq!(p.wraps.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn outage_keeps_sealing_on_the_old_key_and_backs_off() {
+        let (p, dks) = setup(DataKeyPolicy {
+            max_uses: 2,
+            ..Default::default()
+        });
+        let first = dks.current().await.unwrap();
+        p.down.store(true, Ordering::SeqCst);
+        for _ in 0..50 {
+            let k = dks.current().await.unwrap();
+            assert!(Arc::ptr_eq(&k, &first));
+        }
+        assert!(dks.degraded());
+        // One failed attempt, then the back-off holds further ones off.
+        assert_eq!(p.wraps.load(Ordering::SeqCst), 2);
+        assert_eq!(first.uses(), 51);
+    }
+
+    #[tokio::test]
+    async fn outage_with_no_key_yet_is_unavailable() {
+        let (p, dks) = setup(DataKeyPolicy::default());
+        p.down.store(true, Ordering::SeqCst);
+        let e = dks.current().await.err().unwrap();
+        assert!(matches!(e, Error::Provider(ProviderError::Unavailable(_))), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_unwrap_call() {
+        let (p, dks) = setup(DataKeyPolicy::default());
+        let dks = Arc::new(dks);
+        let (k, sealed) = seal(&dks, b"payload").await;
+        p.delay_ms.store(50, Ordering::SeqCst);
+        let wrapped = k.wrapped().to_vec();
+        // A fresh cache, as after a restart.
+        let dks2 = {
+            let ring = dks.state().keyring.clone();
+            Arc::new(DataKeys::new(ring, DataKeyPolicy::default()))
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (d, w, s) = (dks2.clone(), wrapped.clone(), sealed.clone());
+            tasks.push(tokio::spawn(async move {
+                d.open_with(cipher::SM4_GCM, "k1", &w, |c| c.open(&[0; 12], b"", &s)).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), b"payload");
+        }
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 1);
+        assert_eq!(dks2.stats.unwraps.load(Ordering::SeqCst), 1);
+        assert_eq!(dks2.cache_len(), 1);
+        assert!(lock(&dks2.inflight).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_from_the_provider_is_never_cached() {
+        let (p, dks) = setup(DataKeyPolicy::default());
+        let (k, sealed) = seal(&dks, b"payload").await;
+        let fresh = DataKeys::new(dks.state().keyring.clone(), DataKeyPolicy::default());
+        p.lie.store(true, Ordering::SeqCst);
+        let r = fresh
+            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| c.open(&[0; 12], b"", &sealed))
+            .await;
+        assert_eq!(r, Err(Error::Authentication));
+        assert_eq!(fresh.cache_len(), 0);
+        p.lie.store(false, Ordering::SeqCst);
+        let r = fresh
+            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| c.open(&[0; 12], b"", &sealed))
+            .await;
+        assert_eq!(r.unwrap(), b"payload");
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 2, "the failure was not remembered");
+        assert_eq!(fresh.cache_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_kek_is_refused_without_a_provider_call() {
+        let (p, dks) = setup(DataKeyPolicy::default());
+        let r = dks
+            .open_with(cipher::SM4_GCM, "other", &[1; 16], |c| c.open(&[0; 12], b"", &[0; 20]))
+            .await;
+        assert_eq!(r, Err(Error::UnknownKek("other".into())));
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn cache_is_bounded() {
+        let (p, dks) = setup(DataKeyPolicy {
+            max_uses: 1,
+            cache_size: 4,
+            ..Default::default()
+        });
+        let mut sealed = Vec::new();
+        for i in 0..10u8 {
+            let (k, s) = seal(&dks, &[i + 1]).await;
+            sealed.push((k.wrapped().to_vec(), s));
+        }
+        for (w, s) in &sealed {
+            dks.open_with(cipher::SM4_GCM, "k1", w, |c| c.open(&[0; 12], b"", s))
+                .await
+                .unwrap();
+        }
+        assert_eq!(dks.cache_len(), 4);
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn primary_change_retires_the_current_key() {
+        let (_p, dks) = setup(DataKeyPolicy::default());
+        let first = dks.current().await.unwrap();
+        let q = Arc::new(Counting {
+            id: "k2".into(),
+            ..Default::default()
+        });
+        let old = dks.state().keyring.primary().clone();
+        let ring = Keyring::new(vec![q.clone() as Arc<dyn KeyProvider>, old]).unwrap();
+        dks.replace_state(Arc::new(ring), DataKeyPolicy::default());
+        let second = dks.current().await.unwrap();
+        assert_eq!(&**second.kek_id(), "k2");
+        assert_ne!(first.kek_id(), second.kek_id());
+        assert_eq!(q.wraps.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn cache_key_separates_fields() {
+        assert_ne!(cache_key(1, "ab", b"c"), cache_key(1, "a", b"bc"));
+        assert_ne!(cache_key(1, "a", b"b"), cache_key(2, "a", b"b"));
+    }
+}

@@ -1,1 +1,201 @@
-//! TODO
+//! The unix socket: binding it safely (DESIGN §7) and serving both KMS APIs on it until shutdown.
+//!
+//! - A stale socket file is removed only when nothing answers on it; a live one, or a path that is not a
+//!   socket (a regular file, a directory), is an error and is never deleted.
+//! - The parent directory is created; the socket is made `0600` (kube-apiserver runs as root).
+//! - Every accepted connection passes through [`crate::authority::normalize`], so kube-apiserver's
+//!   socket-path `:authority` is accepted (DESIGN §9).
+//! - Abstract sockets (`@name`) have no file and need none of the above.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::SocketSpec;
+use crate::plugin::Plugin;
+
+/// How long shutdown waits for in-flight calls before giving up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {path}: exists and is not a socket; refusing to delete it (fix GRPCSocketPath)")]
+    NotASocket { path: PathBuf },
+    #[error("socket {path}: another process is serving on it; stop it first")]
+    InUse { path: PathBuf },
+    #[error("socket {path}: {what}: {source}")]
+    Io {
+        path: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound socket, ready to serve. Removes its file when dropped.
+pub struct BoundSocket {
+    listener: UnixListener,
+    guard: SocketFileGuard,
+}
+
+impl BoundSocket {
+    pub fn spec(&self) -> &SocketSpec {
+        &self.guard.0
+    }
+}
+
+/// Removes the socket file when the plugin stops serving, however it stops.
+struct SocketFileGuard(SocketSpec);
+
+impl Drop for SocketFileGuard {
+    fn drop(&mut self) {
+        if let SocketSpec::Path(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> ServerError + use<> {
+    let path = path.display().to_string();
+    move |source| ServerError::Io { path, what, source }
+}
+
+/// Removes a leftover socket file of a previous run, if (and only if) nobody listens on it.
+fn clear_stale(path: &Path) -> Result<(), ServerError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path, "cannot inspect")(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "removing stale socket of a previous run");
+            std::fs::remove_file(path).map_err(io_err(path, "cannot remove stale socket"))
+        }
+        Err(e) => Err(io_err(path, "cannot probe existing socket")(e)),
+    }
+}
+
+/// Binds the configured socket. Must be called inside a tokio runtime.
+pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
+    let listener = match spec {
+        SocketSpec::Path(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(dir, "cannot create directory"))?;
+            }
+            clear_stale(path)?;
+            let l = UnixListener::bind(path).map_err(io_err(path, "cannot bind"))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err(path, "cannot chmod 0600"))?;
+            l
+        }
+        SocketSpec::Abstract(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let shown = format!("@{name}");
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(io_err(Path::new(&shown), "invalid abstract name"))?;
+            let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)
+                .map_err(io_err(Path::new(&shown), "cannot bind"))?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(io_err(Path::new(&shown), "cannot set non-blocking"))?;
+            UnixListener::from_std(std_listener).map_err(io_err(Path::new(&shown), "cannot register"))?
+        }
+    };
+    Ok(BoundSocket {
+        listener,
+        guard: SocketFileGuard(spec.clone()),
+    })
+}
+
+/// Serves v1beta1 and v2 on the socket until `shutdown` resolves, then drains in-flight calls (bounded by
+/// [`DRAIN_TIMEOUT`]) and removes the socket file.
+pub async fn serve(
+    plugin: Arc<Plugin>,
+    socket: BoundSocket,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (v1, v2) = crate::api::services(plugin);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let BoundSocket { listener, guard } = socket;
+    let spec = guard.0.clone();
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(crate::authority::normalize));
+    let server = tonic::transport::Server::builder()
+        .add_service(v1)
+        .add_service(v2)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(ServerError::from),
+        () = shutdown => {}
+    }
+    tracing::info!(socket = %spec, "shutting down: no new calls, finishing in-flight ones");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(_) => {
+            tracing::warn!("in-flight calls did not finish within {DRAIN_TIMEOUT:?}; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_reclaimed_live_one_and_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/kms.sock");
+        let spec = SocketSpec::Path(path.clone());
+        let first = bind(&spec).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Live: refused, file kept.
+        assert!(matches!(bind(&spec), Err(ServerError::InUse { .. })));
+        assert!(path.exists());
+        drop(first);
+        assert!(!path.exists(), "socket removed on drop");
+        // Stale (listener gone, file left behind as after kill -9): reclaimed.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let again = bind(&spec).unwrap();
+        drop(again);
+        assert!(!path.exists(), "socket removed on drop");
+        // A regular file or a directory at the path is never deleted.
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(matches!(bind(&spec), Err(ServerError::NotASocket { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(matches!(bind(&spec), Err(ServerError::NotASocket { .. })));
+        assert!(path.is_dir());
+    }
+
+    #[tokio::test]
+    async fn abstract_socket_binds_without_a_file() {
+        let name = format!("gm-kms-test-{}", std::process::id());
+        let b = bind(&SocketSpec::Abstract(name.clone())).unwrap();
+        assert!(!Path::new(&format!("@{name}")).exists());
+        assert!(bind(&SocketSpec::Abstract(name)).is_err(), "second bind of a live name fails");
+        drop(b);
+    }
+}

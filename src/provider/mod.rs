@@ -14,7 +14,7 @@ pub mod sm2;
 
 /// Why a provider could not do what was asked. The gRPC edge maps each kind to one status code
 /// (DESIGN §6); messages never contain key material or credentials.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     /// Might work if tried again later: unreachable, timed out, 5xx, 429, a garbled or empty answer.
     #[error("key provider unavailable: {0}")]

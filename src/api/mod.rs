@@ -1,0 +1,91 @@
+//! The gRPC edge: KMS API v1beta1 and v2, served on one socket. Handlers are thin: they call the
+//! [`crate::envelope::Envelope`], bound the work by the caller's deadline, and map errors to status codes
+//! in one place ([`status`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::plugin::Plugin;
+
+pub mod status;
+pub mod v1;
+pub mod v2;
+
+/// Work on a call never runs past this, even if the caller sent no deadline.
+const MAX_CALL_TIME: Duration = Duration::from_secs(30);
+
+/// Both services, sharing one plugin.
+pub fn services(
+    plugin: Arc<Plugin>,
+) -> (
+    crate::proto::v1beta1::key_management_service_server::KeyManagementServiceServer<v1::V1>,
+    crate::proto::v2::key_management_service_server::KeyManagementServiceServer<v2::V2>,
+) {
+    (
+        crate::proto::v1beta1::key_management_service_server::KeyManagementServiceServer::new(
+            v1::V1::new(plugin.clone()),
+        ),
+        crate::proto::v2::key_management_service_server::KeyManagementServiceServer::new(v2::V2::new(
+            plugin,
+        )),
+    )
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`, gRPC over HTTP/2 spec).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs `work` within the caller's deadline: past it the call answers `DeadlineExceeded` promptly instead
+/// of leaving kube-apiserver waiting on a slow provider.
+async fn within_deadline<T>(
+    metadata: &tonic::metadata::MetadataMap,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let limit = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(MAX_CALL_TIME, |d| d.min(MAX_CALL_TIME));
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "plugin could not finish within the call's {} ms deadline",
+            limit.as_millis()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2999m"), Some(Duration::from_millis(2999)));
+        assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("é"), None);
+    }
+}

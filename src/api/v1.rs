@@ -1,0 +1,101 @@
+//! KMS API v1beta1: `Version`, `Encrypt`, `Decrypt`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use super::within_deadline;
+use crate::error::Error;
+use crate::plugin::Plugin;
+use crate::proto::v1beta1::key_management_service_server::KeyManagementService;
+use crate::proto::v1beta1::{
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, VersionRequest,
+    VersionResponse,
+};
+
+/// The API version string v1 clients send and expect.
+pub const API_VERSION: &str = "v1beta1";
+/// kube-apiserver stores a v1 ciphertext behind a 2-byte length.
+pub const MAX_CIPHERTEXT: usize = u16::MAX as usize;
+
+pub struct V1 {
+    plugin: Arc<Plugin>,
+}
+
+impl V1 {
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        Self { plugin }
+    }
+}
+
+/// kube-apiserver sends `v1beta1`; an empty version (hand-written clients) is taken to mean the same.
+fn check_version(v: &str) -> Result<(), Status> {
+    if v.is_empty() || v == API_VERSION {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "unsupported KMS API version {v:?}; this service speaks {API_VERSION:?}"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyManagementService for V1 {
+    async fn version(
+        &self,
+        request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        check_version(&request.get_ref().version)?;
+        Ok(Response::new(VersionResponse {
+            version: API_VERSION.into(),
+            runtime_name: crate::RUNTIME_NAME.into(),
+            runtime_version: crate::RUNTIME_VERSION.into(),
+        }))
+    }
+
+    async fn encrypt(
+        &self,
+        request: Request<EncryptRequest>,
+    ) -> Result<Response<EncryptResponse>, Status> {
+        check_version(&request.get_ref().version)?;
+        within_deadline(request.metadata(), async {
+            let sealed = self
+                .plugin
+                .envelope
+                .seal(&request.get_ref().plain)
+                .await
+                .map_err(|e| to_status(&e))?;
+            if sealed.ciphertext.len() > MAX_CIPHERTEXT {
+                return Err(to_status(&Error::TooLong {
+                    len: sealed.ciphertext.len(),
+                    limit: MAX_CIPHERTEXT,
+                    api: API_VERSION,
+                }));
+            }
+            Ok(Response::new(EncryptResponse {
+                cipher: sealed.ciphertext,
+            }))
+        })
+        .await
+    }
+
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        check_version(&request.get_ref().version)?;
+        within_deadline(request.metadata(), async {
+            let plain = self
+                .plugin
+                .envelope
+                .open(&request.get_ref().cipher)
+                .await
+                .map_err(|e| to_status(&e))?;
+            Ok(Response::new(DecryptResponse {
+                plain: plain.to_vec(),
+            }))
+        })
+        .await
+    }
+}

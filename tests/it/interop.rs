@@ -1,0 +1,166 @@
+//! Interoperability with independent implementations: the OpenSSL CLI for SM2 keys and wrapped data keys,
+//! Python `cryptography` for SM4-GCM.
+
+use std::process::Command;
+
+use gm_kms_plugin::cipher::{Cipher, Sm4Gcm};
+use gm_kms_plugin::ciphertext;
+use serde_json::json;
+
+use crate::support::plugin::{binary, openssl_key, write_config};
+use crate::support::python;
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn run_cli(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// An OpenSSL-made key loads; a DK wrapped by the plugin opens with `openssl pkeyutl -decrypt`, and a DK
+/// wrapped by `openssl pkeyutl -encrypt` opens in the plugin; the KEK id is SM3 of OpenSSL's SPKI DER.
+#[test]
+fn openssl_keys_and_wrapped_data_keys_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = openssl_key(dir.path(), "k.pem");
+    let key_s = key.to_str().unwrap();
+    let config = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}));
+    let cfg = config.to_str().unwrap();
+
+    // Plugin seals; take the wrapped DK out of the ciphertext; OpenSSL unwraps it; the DK opens the payload.
+    let out = run_cli(&["encrypt", "-f", cfg], b"interop payload");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ct = out.stdout;
+    let parsed = ciphertext::parse(&ct).unwrap();
+    let wrapped = dir.path().join("wrapped.der");
+    std::fs::write(&wrapped, parsed.wrapped_dk).unwrap();
+    let dk = openssl(
+        &["pkeyutl", "-decrypt", "-inkey", key_s, "-in", wrapped.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(dk.len(), 16);
+    let opened = Sm4Gcm::from_key_bytes(dk.try_into().unwrap())
+        .open(parsed.nonce, parsed.header, parsed.sealed)
+        .unwrap();
+    assert_eq!(opened, b"interop payload");
+
+    // KEK id = sm2- + SM3(openssl pkey -pubout -outform DER)[..8], computed with openssl sm3.
+    let spki = openssl(&["pkey", "-in", key_s, "-pubout", "-outform", "DER"], None);
+    let sm3 = openssl(&["dgst", "-sm3", "-binary"], Some(&spki));
+    assert_eq!(parsed.kek_id, format!("sm2-{}", hex::encode(&sm3[..8])));
+
+    // OpenSSL wraps a DK; a ciphertext built around it opens in the plugin.
+    let dk2 = [0x5Cu8; 16];
+    let pub_pem = dir.path().join("pub.pem");
+    std::fs::write(&pub_pem, openssl(&["pkey", "-in", key_s, "-pubout"], None)).unwrap();
+    let wrapped2 = openssl(
+        &["pkeyutl", "-encrypt", "-pubin", "-inkey", pub_pem.to_str().unwrap()],
+        Some(&dk2),
+    );
+    let mut made = Vec::new();
+    ciphertext::write_header(&mut made, 1, parsed.kek_id, &wrapped2, 5).unwrap();
+    let header = made.clone();
+    let nonce = [3u8; 12];
+    made.extend_from_slice(&nonce);
+    Sm4Gcm::from_key_bytes(dk2)
+        .seal_append(&nonce, &header, b"hello", &mut made)
+        .unwrap();
+    let out = run_cli(&["decrypt", "-f", cfg], &made);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"hello");
+}
+
+/// `keygen` output is accepted by `openssl pkey`, and the printed id matches what the plugin derives.
+#[test]
+fn keygen_output_is_openssl_compatible() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary())
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = dir.path().join("k/sm2-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = String::from_utf8(openssl(&["pkey", "-in", key.to_str().unwrap(), "-text", "-noout"], None)).unwrap();
+    assert!(text.contains("SM2"), "{text}");
+    let spki = openssl(&["pkey", "-pubin", "-in", dir.path().join("k/sm2-pub.pem").to_str().unwrap(), "-outform", "DER"], None);
+    let sm3 = openssl(&["dgst", "-sm3", "-binary"], Some(&spki));
+    assert_eq!(id, format!("sm2-{}", hex::encode(&sm3[..8])));
+    // Never overwrites.
+    let again = Command::new(binary()).args(["keygen", "--out"]).arg(dir.path().join("k")).output().unwrap();
+    assert!(!again.status.success());
+}
+
+/// SM4-GCM agrees with Python `cryptography` both ways on random keys, nonces, AAD and lengths.
+#[test]
+fn sm4_gcm_matches_python_cryptography() {
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    let lengths = [0usize, 1, 15, 16, 17, 31, 32, 33, 64, 100, 255, 1024, 4095];
+    for (i, &len) in lengths.iter().cycle().take(40).enumerate() {
+        let mut key = [0u8; 16];
+        let mut nonce = [0u8; 12];
+        let mut data = vec![0u8; len];
+        let mut aad = vec![0u8; (i * 7) % 90];
+        for b in [&mut key[..], &mut nonce[..], &mut data[..], &mut aad[..]] {
+            getrandom::fill(b).unwrap();
+        }
+        let c = Sm4Gcm::from_key_bytes(key);
+        let mut sealed = Vec::new();
+        c.seal_append(&nonce, &aad, &data, &mut sealed).unwrap();
+        // Python opens ours, and seals the same input independently.
+        cases.push(json!({"op": "open", "key": hex::encode(key), "nonce": hex::encode(nonce), "aad": hex::encode(&aad), "data": hex::encode(&sealed)}));
+        cases.push(json!({"op": "seal", "key": hex::encode(key), "nonce": hex::encode(nonce), "aad": hex::encode(&aad), "data": hex::encode(&data)}));
+        ours.push((c, nonce, aad, data, sealed));
+    }
+    let res = python::run_json("sm4gcm.py", &[], &json!({"cases": cases}));
+    let results = res["results"].as_array().unwrap();
+    assert_eq!(results.len(), ours.len() * 2);
+    for (i, (c, nonce, aad, data, sealed)) in ours.iter().enumerate() {
+        let opened = &results[2 * i];
+        assert_eq!(opened["ok"], true, "python could not open case {i}: {opened}");
+        assert_eq!(opened["data"].as_str().unwrap(), hex::encode(data));
+        let theirs = hex::decode(results[2 * i + 1]["data"].as_str().unwrap()).unwrap();
+        assert_eq!(&theirs, sealed, "python's seal differs, case {i}");
+        assert_eq!(&c.open(nonce, aad, &theirs).unwrap(), data);
+    }
+    // And a tampered tag is refused by both.
+    let (_, nonce, aad, _, sealed) = &ours[3];
+    let mut bad = sealed.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let res = python::run_json(
+        "sm4gcm.py",
+        &[],
+        &json!({"cases": [{"op": "open", "key": hex::encode([0u8; 16]), "nonce": hex::encode(nonce), "aad": hex::encode(aad), "data": hex::encode(&bad)}]}),
+    );
+    assert_eq!(res["results"][0]["ok"], false);
+}
