@@ -191,8 +191,10 @@ impl Config {
         let mut de = serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();
-            if field == "." || field.is_empty() {
-                invalid(format!("not valid JSON for this config: {}", e.inner()))
+            if e.inner().is_syntax() || e.inner().is_eof() {
+                invalid(format!("not valid JSON: {}", e.inner()))
+            } else if field == "." || field.is_empty() {
+                invalid(format!("not a JSON object of config fields: {}", e.inner()))
             } else {
                 invalid(format!("field {field}: {}", e.inner()))
             }

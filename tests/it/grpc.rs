@@ -228,7 +228,8 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // A message over the 4 MiB gRPC limit: the gRPC layer refuses it.
+    // A message over the 4 MiB gRPC limit: the gRPC layer refuses it before any handler runs (tonic says
+    // OutOfRange where grpc-go says ResourceExhausted; either way kube-apiserver sees a failed call).
     let e = c
         .encrypt(v2::EncryptRequest {
             plaintext: vec![1; 4 * 1024 * 1024 + 1],
@@ -236,7 +237,10 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
     // A v1 plaintext just under the limit works (v1 has no 1 KiB ciphertext cap, v2 refuses it).
     let mut c1 = plugin::v1(&s.socket).await;
     let big = vec![9u8; 60_000];

@@ -140,12 +140,12 @@ fn sm4_gcm_matches_python_cryptography() {
         // Python opens ours, and seals the same input independently.
         cases.push(json!({"op": "open", "key": hex::encode(key), "nonce": hex::encode(nonce), "aad": hex::encode(&aad), "data": hex::encode(&sealed)}));
         cases.push(json!({"op": "seal", "key": hex::encode(key), "nonce": hex::encode(nonce), "aad": hex::encode(&aad), "data": hex::encode(&data)}));
-        ours.push((c, nonce, aad, data, sealed));
+        ours.push((c, key, nonce, aad, data, sealed));
     }
     let res = python::run_json("sm4gcm.py", &[], &json!({"cases": cases}));
     let results = res["results"].as_array().unwrap();
     assert_eq!(results.len(), ours.len() * 2);
-    for (i, (c, nonce, aad, data, sealed)) in ours.iter().enumerate() {
+    for (i, (c, _, nonce, aad, data, sealed)) in ours.iter().enumerate() {
         let opened = &results[2 * i];
         assert_eq!(opened["ok"], true, "python could not open case {i}: {opened}");
         assert_eq!(opened["data"].as_str().unwrap(), hex::encode(data));
@@ -154,13 +154,14 @@ fn sm4_gcm_matches_python_cryptography() {
         assert_eq!(&c.open(nonce, aad, &theirs).unwrap(), data);
     }
     // And a tampered tag is refused by both.
-    let (_, nonce, aad, _, sealed) = &ours[3];
+    let (c, key, nonce, aad, _, sealed) = &ours[3];
     let mut bad = sealed.clone();
     *bad.last_mut().unwrap() ^= 1;
     let res = python::run_json(
         "sm4gcm.py",
         &[],
-        &json!({"cases": [{"op": "open", "key": hex::encode([0u8; 16]), "nonce": hex::encode(nonce), "aad": hex::encode(aad), "data": hex::encode(&bad)}]}),
+        &json!({"cases": [{"op": "open", "key": hex::encode(key), "nonce": hex::encode(nonce), "aad": hex::encode(aad), "data": hex::encode(&bad)}]}),
     );
     assert_eq!(res["results"][0]["ok"], false);
+    assert!(c.open(nonce, aad, &bad).is_err());
 }

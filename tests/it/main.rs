@@ -7,6 +7,7 @@ mod support {
     pub mod python;
 }
 
+mod apiserver;
 mod cli;
 mod golden;
 mod grpc;
