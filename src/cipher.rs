@@ -157,7 +157,8 @@ mod tests {
         let c = Sm4Gcm::from_key_bytes([7; 16]);
         let nonce = [9; 12];
         let mut sealed = Vec::new();
-        c.seal_append(&nonce, b"aad", b"payload", &mut sealed).unwrap();
+        c.seal_append(&nonce, b"aad", b"payload", &mut sealed)
+            .unwrap();
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 0x01;
@@ -165,7 +166,10 @@ mod tests {
         }
         assert_eq!(c.open(&nonce, b"aaD", &sealed), Err(CipherError));
         assert_eq!(c.open(&[8; 12], b"aad", &sealed), Err(CipherError));
-        assert_eq!(c.open(&nonce, b"aad", &sealed[..TAG_LEN - 1]), Err(CipherError));
+        assert_eq!(
+            c.open(&nonce, b"aad", &sealed[..TAG_LEN - 1]),
+            Err(CipherError)
+        );
         let other = Sm4Gcm::from_key_bytes([6; 16]);
         assert_eq!(other.open(&nonce, b"aad", &sealed), Err(CipherError));
     }

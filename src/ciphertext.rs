@@ -72,7 +72,9 @@ pub fn has_magic(bytes: &[u8]) -> bool {
 
 /// Splits `n` bytes off the front of `rest`, naming the field if they are missing.
 fn take<'a>(rest: &mut &'a [u8], n: usize, field: &'static str) -> Result<&'a [u8], FormatError> {
-    let (head, tail) = rest.split_at_checked(n).ok_or(FormatError::Truncated(field))?;
+    let (head, tail) = rest
+        .split_at_checked(n)
+        .ok_or(FormatError::Truncated(field))?;
     *rest = tail;
     Ok(head)
 }
@@ -112,7 +114,9 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, FormatError> {
     }
     let wrapped_dk = take(&mut rest, m, "wrapped key")?;
     let header_len = bytes.len().saturating_sub(rest.len());
-    let header = bytes.get(..header_len).ok_or(FormatError::Truncated("header"))?;
+    let header = bytes
+        .get(..header_len)
+        .ok_or(FormatError::Truncated("header"))?;
     let nonce: &[u8; NONCE_LEN] = take(&mut rest, NONCE_LEN, "nonce")?
         .try_into()
         .map_err(|_| FormatError::Truncated("nonce"))?;
@@ -148,7 +152,8 @@ pub fn write_header(
     if wrapped_dk.is_empty() || wrapped_dk.len() > MAX_WRAPPED_LEN {
         return Err(FormatError::WrappedKeyLength(wrapped_dk.len()));
     }
-    let m = u16::try_from(wrapped_dk.len()).map_err(|_| FormatError::WrappedKeyLength(wrapped_dk.len()))?;
+    let m = u16::try_from(wrapped_dk.len())
+        .map_err(|_| FormatError::WrappedKeyLength(wrapped_dk.len()))?;
     out.clear();
     out.reserve(
         (8usize)
@@ -169,7 +174,11 @@ pub fn write_header(
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::arithmetic_side_effects)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

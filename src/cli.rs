@@ -104,7 +104,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Logs go to stderr (stdout carries `encrypt`/`decrypt` output). `RUST_LOG` overrides the level.
 fn init_logging(format: LogFormat, debug: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if debug { "gm_kms_plugin=debug,info" } else { "info" };
+    let default = if debug {
+        "gm_kms_plugin=debug,info"
+    } else {
+        "info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -147,7 +151,11 @@ fn keygen(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", key_path.display()))?;
     std::fs::write(&pub_path, public.as_bytes())
         .with_context(|| format!("cannot write {}", pub_path.display()))?;
-    eprintln!("wrote {} (private, 0600) and {}", key_path.display(), pub_path.display());
+    eprintln!(
+        "wrote {} (private, 0600) and {}",
+        key_path.display(),
+        pub_path.display()
+    );
     println!("{id}");
     Ok(())
 }
@@ -159,8 +167,14 @@ async fn check(config: Config) -> Result<()> {
     let state = plugin.envelope.datakeys().state();
     let mut failed = false;
     for id in state.keyring.ids() {
-        let Some(p) = state.keyring.get(id) else { continue };
-        let role = if id == state.keyring.primary().kek_id() { "primary" } else { "previous" };
+        let Some(p) = state.keyring.get(id) else {
+            continue;
+        };
+        let role = if id == state.keyring.primary().kek_id() {
+            "primary"
+        } else {
+            "previous"
+        };
         match p.describe().await {
             Ok(line) => println!("key {id} ({role}, {}): {line}", p.kind()),
             Err(e) => {
@@ -178,7 +192,11 @@ async fn check(config: Config) -> Result<()> {
     }
     let probe = b"gm-kms-plugin check";
     let sealed = plugin.envelope.seal(probe).await.context("seal")?;
-    let opened = plugin.envelope.open(&sealed.ciphertext).await.context("open")?;
+    let opened = plugin
+        .envelope
+        .open(&sealed.ciphertext)
+        .await
+        .context("open")?;
     if opened.as_slice() != probe {
         bail!("seal/open round trip returned different bytes");
     }
@@ -221,8 +239,10 @@ async fn serve(config: Config) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

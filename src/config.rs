@@ -207,7 +207,12 @@ impl Config {
         let has_provider_field = raw.key.provider.is_some();
         let primary = key_spec(raw.key, base, "", !has_provider_field).map_err(invalid)?;
         let mut previous = Vec::new();
-        for (i, entry) in raw.previous_keys.unwrap_or_default().into_iter().enumerate() {
+        for (i, entry) in raw
+            .previous_keys
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let at = format!("PreviousKeys[{i}].");
             reject_unknown(&entry.unknown, &at).map_err(invalid)?;
             previous.push(key_spec(entry.key, base, &at, false).map_err(invalid)?);
@@ -224,8 +229,12 @@ impl Config {
             })?),
         };
         let data_keys = DataKeyPolicy {
-            max_uses: positive(raw.data_key_max_uses, DEFAULT_DATA_KEY_MAX_USES, "DataKeyMaxUses")
-                .map_err(invalid)?,
+            max_uses: positive(
+                raw.data_key_max_uses,
+                DEFAULT_DATA_KEY_MAX_USES,
+                "DataKeyMaxUses",
+            )
+            .map_err(invalid)?,
             max_age: Duration::from_secs(
                 positive(
                     raw.data_key_max_age_seconds,
@@ -281,20 +290,17 @@ impl Config {
     fn check_unique_ids(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for k in self.keys() {
-            if let KeySpec::JdCloud(j) = k {
-                if !seen.insert(j.key_id.as_str()) {
-                    return Err(format!("KmsKeyId {:?} is configured twice", j.key_id));
-                }
+            if let KeySpec::JdCloud(j) = k
+                && !seen.insert(j.key_id.as_str())
+            {
+                return Err(format!("KmsKeyId {:?} is configured twice", j.key_id));
             }
         }
         Ok(())
     }
 }
 
-fn reject_unknown(
-    unknown: &BTreeMap<String, serde_json::Value>,
-    at: &str,
-) -> Result<(), String> {
+fn reject_unknown(unknown: &BTreeMap<String, serde_json::Value>, at: &str) -> Result<(), String> {
     match unknown.keys().next() {
         None => Ok(()),
         Some(name) => Err(format!(
@@ -384,9 +390,9 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                 ],
                 "sm2",
             )?;
-            let file = raw
-                .sm2_private_key_file
-                .ok_or_else(|| format!("field {at}Sm2PrivateKeyFile is required for Provider \"sm2\""))?;
+            let file = raw.sm2_private_key_file.ok_or_else(|| {
+                format!("field {at}Sm2PrivateKeyFile is required for Provider \"sm2\"")
+            })?;
             if let Some(id) = &raw.sm2_key_id {
                 validate_key_id(id).map_err(|e| format!("field {at}Sm2KeyId: {e}"))?;
             }
@@ -404,9 +410,8 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                 "jdcloud",
             )?;
             let need = |v: Option<String>, name: &str| {
-                v.filter(|s| !s.is_empty()).ok_or_else(|| {
-                    format!("field {at}{name} is required for Provider \"jdcloud\"")
-                })
+                v.filter(|s| !s.is_empty())
+                    .ok_or_else(|| format!("field {at}{name} is required for Provider \"jdcloud\""))
             };
             let access_key = need(raw.access_key, "AccessKey")?;
             let secret_key = match (raw.secret_key, raw.secret_key_file) {
@@ -425,10 +430,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                     })?;
                     let trimmed = text.trim();
                     if trimmed.is_empty() {
-                        return Err(format!(
-                            "field {at}SecretKeyFile: {} is empty",
-                            f.display()
-                        ));
+                        return Err(format!("field {at}SecretKeyFile: {} is empty", f.display()));
                     }
                     trimmed.to_string()
                 }
@@ -575,7 +577,8 @@ mod tests {
         assert!(e.contains("Sm2PrivateKeyFile"), "{e}");
         let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "KmsSchema": "http"}"#).unwrap_err();
         assert!(e.contains("KmsSchema"), "{e}");
-        let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "GRPCSocketPath": "rel.sock"}"#).unwrap_err();
+        let e =
+            parse(r#"{"Sm2PrivateKeyFile": "k.pem", "GRPCSocketPath": "rel.sock"}"#).unwrap_err();
         assert!(e.contains("GRPCSocketPath"), "{e}");
         let e = parse(r#"{"KmsKeyId": "k", "AccessKey": "a", "SecretKey": "s"}"#).unwrap_err();
         assert!(e.contains("KmsEndpoint"), "{e}");
@@ -591,9 +594,18 @@ mod tests {
 
     #[test]
     fn socket_forms() {
-        assert_eq!(socket_spec(Some("unix:///run/k.sock")).unwrap(), SocketSpec::Path("/run/k.sock".into()));
-        assert_eq!(socket_spec(Some("@kms")).unwrap(), SocketSpec::Abstract("kms".into()));
-        assert_eq!(socket_spec(Some("unix:///@kms")).unwrap(), SocketSpec::Abstract("kms".into()));
+        assert_eq!(
+            socket_spec(Some("unix:///run/k.sock")).unwrap(),
+            SocketSpec::Path("/run/k.sock".into())
+        );
+        assert_eq!(
+            socket_spec(Some("@kms")).unwrap(),
+            SocketSpec::Abstract("kms".into())
+        );
+        assert_eq!(
+            socket_spec(Some("unix:///@kms")).unwrap(),
+            SocketSpec::Abstract("kms".into())
+        );
         assert!(socket_spec(Some("@")).is_err());
         assert!(socket_spec(Some(&format!("/{}", "a".repeat(120)))).is_err());
     }

@@ -137,7 +137,8 @@ impl DataKeys {
         if let Some(cap) = NonZeroUsize::new(policy.cache_size) {
             lock(&self.cache).resize(cap);
         }
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeyState { keyring, policy });
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(KeyState { keyring, policy });
     }
 
     /// True while sealing runs on a data key past its policy because a new one could not be wrapped.
@@ -160,10 +161,11 @@ impl DataKeys {
         loop {
             let state = self.state();
             let seen = lock(&self.current).clone();
-            if let Some(c) = &seen {
-                if self.fresh(c, &state) && c.claim(state.policy.max_uses) {
-                    return Ok(c.clone());
-                }
+            if let Some(c) = &seen
+                && self.fresh(c, &state)
+                && c.claim(state.policy.max_uses)
+            {
+                return Ok(c.clone());
             }
             match self.rotation.try_lock() {
                 Ok(_guard) => {
@@ -296,11 +298,15 @@ impl DataKeys {
         let unwrapped = cell
             .get_or_init(|| async {
                 self.stats.unwraps.fetch_add(1, Ordering::Relaxed);
-                let result = provider.unwrap(wrapped).await.map_err(Error::from).and_then(|dk| {
-                    cipher::for_id(cipher_id, &dk)
-                        .map(Arc::from)
-                        .ok_or(Error::Malformed(FormatError::UnknownCipher(cipher_id)))
-                });
+                let result = provider
+                    .unwrap(wrapped)
+                    .await
+                    .map_err(Error::from)
+                    .and_then(|dk| {
+                        cipher::for_id(cipher_id, &dk)
+                            .map(Arc::from)
+                            .ok_or(Error::Malformed(FormatError::UnknownCipher(cipher_id)))
+                    });
                 if let Err(e) = &result {
                     self.stats.unwrap_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(kek_id, error = %e, "unwrap failed");
@@ -416,7 +422,9 @@ mod tests {
     async fn seal(dks: &DataKeys, msg: &[u8]) -> (Arc<CurrentKey>, Vec<u8>) {
         let k = dks.current().await.unwrap();
         let mut out = Vec::new();
-        k.cipher().seal_append(&[0; 12], b"", msg, &mut out).unwrap();
+        k.cipher()
+            .seal_append(&[0; 12], b"", msg, &mut out)
+            .unwrap();
         (k, out)
     }
 
@@ -474,7 +482,10 @@ mod tests {
         let (p, dks) = setup(DataKeyPolicy::default());
         p.down.store(true, Ordering::SeqCst);
         let e = dks.current().await.err().unwrap();
-        assert!(matches!(e, Error::Provider(ProviderError::Unavailable(_))), "{e:?}");
+        assert!(
+            matches!(e, Error::Provider(ProviderError::Unavailable(_))),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
@@ -493,7 +504,8 @@ mod tests {
         for _ in 0..32 {
             let (d, w, s) = (dks2.clone(), wrapped.clone(), sealed.clone());
             tasks.push(tokio::spawn(async move {
-                d.open_with(cipher::SM4_GCM, "k1", &w, |c| c.open(&[0; 12], b"", &s)).await
+                d.open_with(cipher::SM4_GCM, "k1", &w, |c| c.open(&[0; 12], b"", &s))
+                    .await
             }));
         }
         for t in tasks {
@@ -512,16 +524,24 @@ mod tests {
         let fresh = DataKeys::new(dks.state().keyring.clone(), DataKeyPolicy::default());
         p.lie.store(true, Ordering::SeqCst);
         let r = fresh
-            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| c.open(&[0; 12], b"", &sealed))
+            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| {
+                c.open(&[0; 12], b"", &sealed)
+            })
             .await;
         assert_eq!(r, Err(Error::Authentication));
         assert_eq!(fresh.cache_len(), 0);
         p.lie.store(false, Ordering::SeqCst);
         let r = fresh
-            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| c.open(&[0; 12], b"", &sealed))
+            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| {
+                c.open(&[0; 12], b"", &sealed)
+            })
             .await;
         assert_eq!(r.unwrap(), b"payload");
-        assert_eq!(p.unwraps.load(Ordering::SeqCst), 2, "the failure was not remembered");
+        assert_eq!(
+            p.unwraps.load(Ordering::SeqCst),
+            2,
+            "the failure was not remembered"
+        );
         assert_eq!(fresh.cache_len(), 1);
     }
 
@@ -529,7 +549,9 @@ mod tests {
     async fn unknown_kek_is_refused_without_a_provider_call() {
         let (p, dks) = setup(DataKeyPolicy::default());
         let r = dks
-            .open_with(cipher::SM4_GCM, "other", &[1; 16], |c| c.open(&[0; 12], b"", &[0; 20]))
+            .open_with(cipher::SM4_GCM, "other", &[1; 16], |c| {
+                c.open(&[0; 12], b"", &[0; 20])
+            })
             .await;
         assert_eq!(r, Err(Error::UnknownKek("other".into())));
         assert_eq!(p.unwraps.load(Ordering::SeqCst), 0);

@@ -10,7 +10,9 @@ pub enum Error {
     #[error("malformed ciphertext: {0}")]
     Malformed(#[from] FormatError),
     /// Well-formed, but sealed under a key-encryption key this plugin was not given.
-    #[error("ciphertext was sealed under key {0:?}, which is not in this plugin's keyring (add it to PreviousKeys)")]
+    #[error(
+        "ciphertext was sealed under key {0:?}, which is not in this plugin's keyring (add it to PreviousKeys)"
+    )]
     UnknownKek(String),
     /// The tag did not verify: tampered, truncated, or a header that does not belong to the payload.
     #[error("ciphertext failed authentication (tampered, truncated, or not sealed by this key)")]

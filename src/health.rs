@@ -48,7 +48,8 @@ impl Health {
         let state = datakeys.state();
         let primary = state.keyring.primary().clone();
         let result = async {
-            let dk = DataKey::generate().map_err(|e| ProviderError::Unavailable(format!("RNG: {e}")))?;
+            let dk =
+                DataKey::generate().map_err(|e| ProviderError::Unavailable(format!("RNG: {e}")))?;
             let wrapped = primary.wrap(&dk).await?;
             let back = primary.unwrap(&wrapped).await?;
             if back != dk {
@@ -83,9 +84,7 @@ impl Health {
         match last {
             None => Err("starting: first key round trip not done yet".into()),
             Some(Probe { result: Ok(()), .. }) => Ok(()),
-            Some(Probe {
-                result: Err(f), ..
-            }) => {
+            Some(Probe { result: Err(f), .. }) => {
                 let primary = datakeys.state().keyring.primary().kek_id().to_string();
                 let sealing = datakeys
                     .peek_current()

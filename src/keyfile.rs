@@ -96,7 +96,9 @@ mod tests {
     #[test]
     fn missing_and_directory_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read_secret_file(&dir.path().join("none.pem")).unwrap_err().to_string();
+        let e = read_secret_file(&dir.path().join("none.pem"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("none.pem"), "{e}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(matches!(

@@ -16,7 +16,9 @@ pub enum KeyringError {
         index: String,
         source: ProviderError,
     },
-    #[error("config {file}: key id {id:?} appears twice (the primary and PreviousKeys must be different keys)")]
+    #[error(
+        "config {file}: key id {id:?} appears twice (the primary and PreviousKeys must be different keys)"
+    )]
     DuplicateId { file: String, id: String },
 }
 
@@ -35,7 +37,11 @@ impl Keyring {
         for (i, spec) in config.keys().enumerate() {
             let p = provider::from_spec(spec).map_err(|source| KeyringError::Provider {
                 file: file.clone(),
-                index: if i == 0 { "primary".into() } else { format!("PreviousKeys[{}]", i - 1) },
+                index: if i == 0 {
+                    "primary".into()
+                } else {
+                    format!("PreviousKeys[{}]", i - 1)
+                },
                 source,
             })?;
             providers.push(p);

@@ -14,20 +14,25 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authority;
 pub mod cipher;
 pub mod ciphertext;
 pub mod cli;
 pub mod config;
 pub mod datakeys;
 pub mod envelope;
+pub mod error;
 pub mod health;
 pub mod keyfile;
 pub mod keyring;
+pub mod plugin;
 pub mod proto;
 pub mod provider;
 pub mod secret;
 pub mod selftest;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 
 /// The plugin's name as reported to kube-apiserver (v1beta1 `Version.runtime_name`).
 pub const RUNTIME_NAME: &str = "gm-kms-plugin";

@@ -44,7 +44,8 @@ pub mod sm4_gcm {
 
 /// GM/T 0003.5 Annex C: SM2 encryption of "encryption standard" on sm2p256v1.
 pub mod sm2_enc {
-    pub const PRIVATE_KEY: &str = "3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8";
+    pub const PRIVATE_KEY: &str =
+        "3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8";
     pub const PUBLIC_X: &str = "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020";
     pub const PUBLIC_Y: &str = "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13";
     pub const K: &str = "59276E27D506861A16680F3AD9C02DCCEF3CC1FA3CDBE4CE6D54B80DEAC1BC21";
@@ -88,7 +89,11 @@ impl TryCryptoRng for FixedRng {}
 pub fn sm3_kat() -> Result<(), SelfTestError> {
     let ok1 = Sm3::digest(b"abc").as_slice() == unhex(SM3_ABC).as_slice();
     let ok2 = Sm3::digest(b"abcd".repeat(16)).as_slice() == unhex(SM3_ABCD16).as_slice();
-    if ok1 && ok2 { Ok(()) } else { Err(SelfTestError("SM3")) }
+    if ok1 && ok2 {
+        Ok(())
+    } else {
+        Err(SelfTestError("SM3"))
+    }
 }
 
 /// SM4 single-block encryption; `iterations` is 1 at power-on and 1,000,000 in the test suite.
@@ -103,7 +108,11 @@ pub fn sm4_kat(iterations: u32) -> Result<(), SelfTestError> {
     let expected = match iterations {
         1 => SM4_ONCE,
         1_000_000 => SM4_MILLION,
-        _ => return Err(SelfTestError("SM4: no published answer for that iteration count")),
+        _ => {
+            return Err(SelfTestError(
+                "SM4: no published answer for that iteration count",
+            ));
+        }
     };
     if block.as_slice() == unhex(expected).as_slice() {
         Ok(())
@@ -114,8 +123,12 @@ pub fn sm4_kat(iterations: u32) -> Result<(), SelfTestError> {
 
 pub fn sm4_gcm_kat() -> Result<(), SelfTestError> {
     use sm4_gcm::*;
-    let key: [u8; 16] = unhex(KEY).try_into().map_err(|_| SelfTestError("SM4-GCM key"))?;
-    let nonce: [u8; 12] = unhex(IV).try_into().map_err(|_| SelfTestError("SM4-GCM nonce"))?;
+    let key: [u8; 16] = unhex(KEY)
+        .try_into()
+        .map_err(|_| SelfTestError("SM4-GCM key"))?;
+    let nonce: [u8; 12] = unhex(IV)
+        .try_into()
+        .map_err(|_| SelfTestError("SM4-GCM nonce"))?;
     let aad = unhex(AAD);
     let c = Sm4Gcm::from_key_bytes(key);
     let mut sealed = Vec::new();
@@ -208,10 +221,21 @@ mod tests {
 
     #[test]
     fn vectors_decode() {
-        for v in [SM3_ABC, SM3_ABCD16, SM4_ONCE, SM4_MILLION, sm4_gcm::KEY, sm2_enc::K, sm2_enc::C2] {
+        for v in [
+            SM3_ABC,
+            SM3_ABCD16,
+            SM4_ONCE,
+            SM4_MILLION,
+            sm4_gcm::KEY,
+            sm2_enc::K,
+            sm2_enc::C2,
+        ] {
             assert!(hex::decode(v).is_ok(), "{v}");
         }
-        assert_eq!(sm2_expected_c1c3c2().len(), 1 + 64 + 32 + sm2_enc::MESSAGE.len());
+        assert_eq!(
+            sm2_expected_c1c3c2().len(),
+            1 + 64 + 32 + sm2_enc::MESSAGE.len()
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("socket {path}: exists and is not a socket; refusing to delete it (fix GRPCSocketPath)")]
+    #[error(
+        "socket {path}: exists and is not a socket; refusing to delete it (fix GRPCSocketPath)"
+    )]
     NotASocket { path: PathBuf },
     #[error("socket {path}: another process is serving on it; stop it first")]
     InUse { path: PathBuf },
@@ -114,7 +116,8 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
             std_listener
                 .set_nonblocking(true)
                 .map_err(io_err(Path::new(&shown), "cannot set non-blocking"))?;
-            UnixListener::from_std(std_listener).map_err(io_err(Path::new(&shown), "cannot register"))?
+            UnixListener::from_std(std_listener)
+                .map_err(io_err(Path::new(&shown), "cannot register"))?
         }
     };
     Ok(BoundSocket {
@@ -134,7 +137,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let BoundSocket { listener, guard } = socket;
     let spec = guard.0.clone();
-    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(crate::authority::normalize));
+    let incoming =
+        UnixListenerStream::new(listener).map(|conn| conn.map(crate::authority::normalize));
     let server = tonic::transport::Server::builder()
         .add_service(v1)
         .add_service(v2)
@@ -151,7 +155,9 @@ pub async fn serve(
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
         Ok(r) => r.map_err(ServerError::from),
         Err(_) => {
-            tracing::warn!("in-flight calls did not finish within {DRAIN_TIMEOUT:?}; exiting anyway");
+            tracing::warn!(
+                "in-flight calls did not finish within {DRAIN_TIMEOUT:?}; exiting anyway"
+            );
             Ok(())
         }
     }
@@ -195,7 +201,10 @@ mod tests {
         let name = format!("gm-kms-test-{}", std::process::id());
         let b = bind(&SocketSpec::Abstract(name.clone())).unwrap();
         assert!(!Path::new(&format!("@{name}")).exists());
-        assert!(bind(&SocketSpec::Abstract(name)).is_err(), "second bind of a live name fails");
+        assert!(
+            bind(&SocketSpec::Abstract(name)).is_err(),
+            "second bind of a live name fails"
+        );
         drop(b);
     }
 }

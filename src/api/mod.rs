@@ -28,9 +28,9 @@ pub fn services(
         crate::proto::v1beta1::key_management_service_server::KeyManagementServiceServer::new(
             v1::V1::new(plugin.clone()),
         ),
-        crate::proto::v2::key_management_service_server::KeyManagementServiceServer::new(v2::V2::new(
-            plugin,
-        )),
+        crate::proto::v2::key_management_service_server::KeyManagementServiceServer::new(
+            v2::V2::new(plugin),
+        ),
     )
 }
 
@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn grpc_timeout_units() {
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("2999m"), Some(Duration::from_millis(2999)));
+        assert_eq!(
+            parse_grpc_timeout("2999m"),
+            Some(Duration::from_millis(2999))
+        );
         assert_eq!(parse_grpc_timeout("100u"), Some(Duration::from_micros(100)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("S"), None);

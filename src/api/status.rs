@@ -8,7 +8,9 @@ use crate::provider::ProviderError;
 
 pub fn code(e: &Error) -> Code {
     match e {
-        Error::Malformed(_) | Error::Authentication | Error::EmptyPlaintext => Code::InvalidArgument,
+        Error::Malformed(_) | Error::Authentication | Error::EmptyPlaintext => {
+            Code::InvalidArgument
+        }
         Error::UnknownKek(_) => Code::FailedPrecondition,
         Error::Provider(p) => match p {
             ProviderError::InvalidWrappedKey(_) => Code::InvalidArgument,
@@ -33,14 +35,29 @@ mod tests {
     #[test]
     fn design_section_6_mapping() {
         let cases = [
-            (Error::Malformed(FormatError::BadMagic), Code::InvalidArgument),
+            (
+                Error::Malformed(FormatError::BadMagic),
+                Code::InvalidArgument,
+            ),
             (Error::Authentication, Code::InvalidArgument),
             (Error::EmptyPlaintext, Code::InvalidArgument),
             (Error::UnknownKek("x".into()), Code::FailedPrecondition),
-            (Error::Provider(ProviderError::InvalidWrappedKey("x".into())), Code::InvalidArgument),
-            (Error::Provider(ProviderError::Unavailable("x".into())), Code::Unavailable),
-            (Error::Provider(ProviderError::Refused("x".into())), Code::FailedPrecondition),
-            (Error::Provider(ProviderError::PermissionDenied("x".into())), Code::PermissionDenied),
+            (
+                Error::Provider(ProviderError::InvalidWrappedKey("x".into())),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::Provider(ProviderError::Unavailable("x".into())),
+                Code::Unavailable,
+            ),
+            (
+                Error::Provider(ProviderError::Refused("x".into())),
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Provider(ProviderError::PermissionDenied("x".into())),
+                Code::PermissionDenied,
+            ),
         ];
         for (e, c) in cases {
             assert_eq!(code(&e), c, "{e}");

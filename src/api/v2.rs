@@ -10,8 +10,7 @@ use crate::error::Error;
 use crate::plugin::Plugin;
 use crate::proto::v2::key_management_service_server::KeyManagementService;
 use crate::proto::v2::{
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest,
-    StatusResponse,
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
 
 /// kube-apiserver refuses a v2 ciphertext (its "encrypted DEK source") over 1 KiB.

@@ -48,7 +48,10 @@ impl Sm2Provider {
     }
 
     /// Builds a provider from a key already in memory; the id is derived unless given.
-    pub fn from_secret_key(secret: SecretKey, key_id: Option<String>) -> Result<Self, ProviderError> {
+    pub fn from_secret_key(
+        secret: SecretKey,
+        key_id: Option<String>,
+    ) -> Result<Self, ProviderError> {
         let public = secret.public_key();
         let kek_id = match key_id {
             Some(id) => id,
@@ -66,13 +69,17 @@ impl Sm2Provider {
 /// (`openssl ecparam -genkey -name SM2`).
 pub fn parse_private_key_pem(pem: &str) -> Result<SecretKey, String> {
     if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        return Err("an encrypted (password-protected) key; store it unencrypted with mode 0600".into());
+        return Err(
+            "an encrypted (password-protected) key; store it unencrypted with mode 0600".into(),
+        );
     }
     if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        return SecretKey::from_sec1_pem(pem).map_err(|_| "not an SM2 SEC1 private key".to_string());
+        return SecretKey::from_sec1_pem(pem)
+            .map_err(|_| "not an SM2 SEC1 private key".to_string());
     }
-    SecretKey::from_pkcs8_pem(pem)
-        .map_err(|_| "not a PKCS#8 PEM SM2 private key (openssl genpkey -algorithm SM2 writes one)".into())
+    SecretKey::from_pkcs8_pem(pem).map_err(|_| {
+        "not a PKCS#8 PEM SM2 private key (openssl genpkey -algorithm SM2 writes one)".into()
+    })
 }
 
 /// The public key as `openssl pkey -pubout -outform DER` writes it: SubjectPublicKeyInfo with
@@ -88,7 +95,10 @@ pub fn public_key_der(public: &PublicKey) -> Result<Vec<u8>, ProviderError> {
 /// derives the same id.
 pub fn derive_kek_id(public: &PublicKey) -> Result<String, ProviderError> {
     let digest = Sm3::digest(public_key_der(public)?);
-    Ok(format!("sm2-{}", hex::encode(digest.get(..8).unwrap_or_default())))
+    Ok(format!(
+        "sm2-{}",
+        hex::encode(digest.get(..8).unwrap_or_default())
+    ))
 }
 
 /// A new key pair as PEM texts (PKCS#8 private, SPKI public), and the derived KEK id.
@@ -182,7 +192,10 @@ mod tests {
         let p = provider();
         let q = provider();
         let w = p.wrap(&DataKey::generate().unwrap()).await.unwrap();
-        assert!(matches!(q.unwrap(&w).await, Err(ProviderError::InvalidWrappedKey(_))));
+        assert!(matches!(
+            q.unwrap(&w).await,
+            Err(ProviderError::InvalidWrappedKey(_))
+        ));
         for i in 0..w.len() {
             let mut t = w.clone();
             t[i] ^= 0x80;
@@ -197,14 +210,26 @@ mod tests {
         assert!(p.kek_id().starts_with("sm2-"));
         assert_eq!(p.kek_id().len(), 4 + 16);
         let (pem, _, _) = generate_pem().unwrap();
-        let q = Sm2Provider::from_secret_key(parse_private_key_pem(&pem).unwrap(), Some("prod-2026".into())).unwrap();
+        let q = Sm2Provider::from_secret_key(
+            parse_private_key_pem(&pem).unwrap(),
+            Some("prod-2026".into()),
+        )
+        .unwrap();
         assert_eq!(q.kek_id(), "prod-2026");
         assert!(!format!("{q:?}").contains("decrypting"));
     }
 
     #[test]
     fn garbage_pem_is_a_clear_error() {
-        assert!(parse_private_key_pem("hello").unwrap_err().contains("PKCS#8"));
-        assert!(parse_private_key_pem("-----BEGIN ENCRYPTED PRIVATE KEY-----\n").unwrap_err().contains("encrypted"));
+        assert!(
+            parse_private_key_pem("hello")
+                .unwrap_err()
+                .contains("PKCS#8")
+        );
+        assert!(
+            parse_private_key_pem("-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+                .unwrap_err()
+                .contains("encrypted")
+        );
     }
 }

@@ -44,14 +44,23 @@ fn every_authority_form_kube_apiserver_sends() {
     let dir = tempfile::tempdir().unwrap();
     let key = copy_key(dir.path(), "dev-sm2-key.pem");
     let socket = dir.path().join("kms-plugin.sock");
-    let config = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}));
+    let config = write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}),
+    );
     let _p = Plugin::start(&config, &socket);
     std::thread::sleep(std::time::Duration::from_millis(200)); // first health round trip
     let path = socket.to_str().unwrap();
     let forms = [
         ("grpc-go < 1.57: raw socket path", Some(path.to_string())),
-        ("grpc-go >= 1.57: percent-encoded path", Some(percent_encode_path(path))),
-        ("Kubernetes >= 1.32 KMS v2: localhost", Some("localhost".to_string())),
+        (
+            "grpc-go >= 1.57: percent-encoded path",
+            Some(percent_encode_path(path)),
+        ),
+        (
+            "Kubernetes >= 1.32 KMS v2: localhost",
+            Some("localhost".to_string()),
+        ),
         ("grpcio default", None),
     ];
     for (what, authority) in forms {
@@ -104,7 +113,10 @@ fn plugin_may_start_after_its_client() {
     let dir = tempfile::tempdir().unwrap();
     let key = copy_key(dir.path(), "dev-sm2-key.pem");
     let socket = dir.path().join("late.sock");
-    let config = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}));
+    let config = write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}),
+    );
     let path = socket.to_str().unwrap().to_string();
     let client = std::thread::spawn(move || {
         kms_client(
@@ -128,7 +140,10 @@ async fn without_the_adapter_socket_path_authority_fails() {
     let dir = tempfile::tempdir().unwrap();
     let key = copy_key(dir.path(), "dev-sm2-key.pem");
     let socket = dir.path().join("bare.sock");
-    let config_path = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}));
+    let config_path = write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": ""}),
+    );
     let config = gm_kms_plugin::config::Config::load(&config_path).unwrap();
     let plugin = gm_kms_plugin::plugin::Plugin::load(config).unwrap();
     let (v1, v2) = gm_kms_plugin::api::services(Arc::clone(&plugin));
@@ -142,12 +157,23 @@ async fn without_the_adapter_socket_path_authority_fails() {
     let path = socket.to_str().unwrap().to_string();
     let calls = json!([{"api": "v1", "method": "Version", "deadline": 2}]);
     let (bad, good) = tokio::task::spawn_blocking(move || {
-        (kms_client(&path, Some(&path), &calls), kms_client(&path, Some("localhost"), &calls))
+        (
+            kms_client(&path, Some(&path), &calls),
+            kms_client(&path, Some("localhost"), &calls),
+        )
     })
     .await
     .unwrap();
     server.abort();
-    assert_eq!(bad[0]["ok"], false, "bare tonic accepted a socket-path authority: {}", bad[0]);
+    assert_eq!(
+        bad[0]["ok"], false,
+        "bare tonic accepted a socket-path authority: {}",
+        bad[0]
+    );
     assert_eq!(good[0]["ok"], true, "{}", good[0]);
-    println!("without the adapter, authority={}: {}", socket.display(), bad[0]);
+    println!(
+        "without the adapter, authority={}: {}",
+        socket.display(),
+        bad[0]
+    );
 }

@@ -22,7 +22,10 @@ fn format_1_golden_ciphertexts_decrypt() {
     let dir = tempfile::tempdir().unwrap();
     for v in vectors {
         let key = copy_key(dir.path(), &v.key);
-        let config = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}));
+        let config = write_config(
+            dir.path(),
+            &json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}),
+        );
         let ct = hex::decode(&v.ciphertext_hex).unwrap();
         // The layout itself is pinned too.
         let parsed = gm_kms_plugin::ciphertext::parse(&ct).unwrap();
@@ -39,7 +42,11 @@ fn format_1_golden_ciphertexts_decrypt() {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(&ct).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(hex::encode(out.stdout), v.plaintext_hex);
         std::fs::remove_file(&key).unwrap();
     }

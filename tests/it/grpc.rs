@@ -69,9 +69,19 @@ async fn v1_and_v2_round_trips_and_status() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(enc.key_id, status.key_id, "Encrypt key_id equals Status key_id");
-    assert!(enc.ciphertext.len() < 1024, "{} bytes", enc.ciphertext.len());
-    println!("v2 ciphertext of a 32-byte DEK: {} bytes", enc.ciphertext.len());
+    assert_eq!(
+        enc.key_id, status.key_id,
+        "Encrypt key_id equals Status key_id"
+    );
+    assert!(
+        enc.ciphertext.len() < 1024,
+        "{} bytes",
+        enc.ciphertext.len()
+    );
+    println!(
+        "v2 ciphertext of a 32-byte DEK: {} bytes",
+        enc.ciphertext.len()
+    );
     let dec = c2
         .decrypt(v2::DecryptRequest {
             ciphertext: enc.ciphertext.clone(),
@@ -159,7 +169,12 @@ async fn concurrent_clients() {
     }
 }
 
-async fn v2_decrypt_code(c: &mut v2::key_management_service_client::KeyManagementServiceClient<tonic::transport::Channel>, ct: Vec<u8>) -> Code {
+async fn v2_decrypt_code(
+    c: &mut v2::key_management_service_client::KeyManagementServiceClient<
+        tonic::transport::Channel,
+    >,
+    ct: Vec<u8>,
+) -> Code {
     match c
         .decrypt(v2::DecryptRequest {
             ciphertext: ct,
@@ -167,7 +182,10 @@ async fn v2_decrypt_code(c: &mut v2::key_management_service_client::KeyManagemen
         })
         .await
     {
-        Ok(r) => panic!("accepted, plaintext {} bytes", r.into_inner().plaintext.len()),
+        Ok(r) => panic!(
+            "accepted, plaintext {} bytes",
+            r.into_inner().plaintext.len()
+        ),
         Err(s) => s.code(),
     }
 }
@@ -205,20 +223,33 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
     }
     // Truncations and empty input.
     for len in [0, 1, 3, 5, 10, 30, good.len() - 17, good.len() - 1] {
-        assert_eq!(v2_decrypt_code(&mut c, good[..len].to_vec()).await, Code::InvalidArgument, "len {len}");
+        assert_eq!(
+            v2_decrypt_code(&mut c, good[..len].to_vec()).await,
+            Code::InvalidArgument,
+            "len {len}"
+        );
     }
     // Random garbage, with and without the magic.
     let mut g = vec![0u8; 300];
     getrandom::fill(&mut g).unwrap();
-    assert_eq!(v2_decrypt_code(&mut c, g.clone()).await, Code::InvalidArgument);
+    assert_eq!(
+        v2_decrypt_code(&mut c, g.clone()).await,
+        Code::InvalidArgument
+    );
     g[..5].copy_from_slice(b"GMK\x01\x01");
-    assert!(matches!(v2_decrypt_code(&mut c, g).await, Code::InvalidArgument | Code::FailedPrecondition));
+    assert!(matches!(
+        v2_decrypt_code(&mut c, g).await,
+        Code::InvalidArgument | Code::FailedPrecondition
+    ));
     // A well-formed ciphertext under a key this plugin does not have.
     let mut other = good[..5].to_vec();
     other.push(7);
     other.extend_from_slice(b"sm2-xyz");
     other.extend_from_slice(&good[6 + good[5] as usize..]);
-    assert_eq!(v2_decrypt_code(&mut c, other).await, Code::FailedPrecondition);
+    assert_eq!(
+        v2_decrypt_code(&mut c, other).await,
+        Code::FailedPrecondition
+    );
     // Empty plaintext.
     let e = c
         .encrypt(v2::EncryptRequest {
@@ -271,7 +302,11 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Internal, "over the v2 1 KiB ciphertext limit: {e:?}");
+    assert_eq!(
+        e.code(),
+        Code::Internal,
+        "over the v2 1 KiB ciphertext limit: {e:?}"
+    );
     // v1 with a wrong API version string.
     let e = c1
         .encrypt(v1beta1::EncryptRequest {
@@ -352,7 +387,14 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     );
     let p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let before = c.encrypt(v2::EncryptRequest { plaintext: b"old secret".to_vec(), uid: String::new() }).await.unwrap().into_inner();
+    let before = c
+        .encrypt(v2::EncryptRequest {
+            plaintext: b"old secret".to_vec(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let old_id = before.key_id.clone();
 
     // Rotate live with SIGHUP: new primary, old key decrypt-only.
@@ -364,17 +406,45 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     p.signal("HUP");
     let mut new_id = old_id.clone();
     for _ in 0..200 {
-        new_id = c.status(v2::StatusRequest {}).await.unwrap().into_inner().key_id;
+        new_id = c
+            .status(v2::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .key_id;
         if new_id != old_id {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_ne!(new_id, old_id, "Status key_id changed after rotation:\n{}", p.logs());
-    let after = c.encrypt(v2::EncryptRequest { plaintext: b"new secret".to_vec(), uid: String::new() }).await.unwrap().into_inner();
+    assert_ne!(
+        new_id,
+        old_id,
+        "Status key_id changed after rotation:\n{}",
+        p.logs()
+    );
+    let after = c
+        .encrypt(v2::EncryptRequest {
+            plaintext: b"new secret".to_vec(),
+            uid: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after.key_id, new_id);
-    for (ct, want) in [(before.ciphertext.clone(), &b"old secret"[..]), (after.ciphertext.clone(), &b"new secret"[..])] {
-        let pt = c.decrypt(v2::DecryptRequest { ciphertext: ct, ..Default::default() }).await.unwrap().into_inner().plaintext;
+    for (ct, want) in [
+        (before.ciphertext.clone(), &b"old secret"[..]),
+        (after.ciphertext.clone(), &b"new secret"[..]),
+    ] {
+        let pt = c
+            .decrypt(v2::DecryptRequest {
+                ciphertext: ct,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
         assert_eq!(pt, want);
     }
 
@@ -385,7 +455,15 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     let st = c.status(v2::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.key_id, new_id);
     assert!(p.logs().contains("reload refused"), "{}", p.logs());
-    let pt = c.decrypt(v2::DecryptRequest { ciphertext: before.ciphertext.clone(), ..Default::default() }).await.unwrap().into_inner().plaintext;
+    let pt = c
+        .decrypt(v2::DecryptRequest {
+            ciphertext: before.ciphertext.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
     assert_eq!(pt, b"old secret");
     drop(p);
 
@@ -397,13 +475,30 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     );
     let p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let pt = c.decrypt(v2::DecryptRequest { ciphertext: before.ciphertext.clone(), ..Default::default() }).await.unwrap().into_inner().plaintext;
+    let pt = c
+        .decrypt(v2::DecryptRequest {
+            ciphertext: before.ciphertext.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
     assert_eq!(pt, b"old secret");
     drop(p);
-    write_config(dir.path(), &json!({"Sm2PrivateKeyFile": new, "GRPCSocketPath": socket, "HealthAddr": ""}));
+    write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": new, "GRPCSocketPath": socket, "HealthAddr": ""}),
+    );
     let _p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let e = c.decrypt(v2::DecryptRequest { ciphertext: before.ciphertext, ..Default::default() }).await.unwrap_err();
+    let e = c
+        .decrypt(v2::DecryptRequest {
+            ciphertext: before.ciphertext,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains(&old_id), "{}", e.message());
 }

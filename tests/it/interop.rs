@@ -26,7 +26,11 @@ fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
         .write_all(stdin.unwrap_or_default())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -50,18 +54,32 @@ fn openssl_keys_and_wrapped_data_keys_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let key = openssl_key(dir.path(), "k.pem");
     let key_s = key.to_str().unwrap();
-    let config = write_config(dir.path(), &json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}));
+    let config = write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}),
+    );
     let cfg = config.to_str().unwrap();
 
     // Plugin seals; take the wrapped DK out of the ciphertext; OpenSSL unwraps it; the DK opens the payload.
     let out = run_cli(&["encrypt", "-f", cfg], b"interop payload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ct = out.stdout;
     let parsed = ciphertext::parse(&ct).unwrap();
     let wrapped = dir.path().join("wrapped.der");
     std::fs::write(&wrapped, parsed.wrapped_dk).unwrap();
     let dk = openssl(
-        &["pkeyutl", "-decrypt", "-inkey", key_s, "-in", wrapped.to_str().unwrap()],
+        &[
+            "pkeyutl",
+            "-decrypt",
+            "-inkey",
+            key_s,
+            "-in",
+            wrapped.to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(dk.len(), 16);
@@ -80,7 +98,13 @@ fn openssl_keys_and_wrapped_data_keys_both_ways() {
     let pub_pem = dir.path().join("pub.pem");
     std::fs::write(&pub_pem, openssl(&["pkey", "-in", key_s, "-pubout"], None)).unwrap();
     let wrapped2 = openssl(
-        &["pkeyutl", "-encrypt", "-pubin", "-inkey", pub_pem.to_str().unwrap()],
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-pubin",
+            "-inkey",
+            pub_pem.to_str().unwrap(),
+        ],
         Some(&dk2),
     );
     let mut made = Vec::new();
@@ -92,7 +116,11 @@ fn openssl_keys_and_wrapped_data_keys_both_ways() {
         .seal_append(&nonce, &header, b"hello", &mut made)
         .unwrap();
     let out = run_cli(&["decrypt", "-f", cfg], &made);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"hello");
 }
 
@@ -105,18 +133,43 @@ fn keygen_output_is_openssl_compatible() {
         .arg(dir.path().join("k"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let key = dir.path().join("k/sm2-key.pem");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-    let text = String::from_utf8(openssl(&["pkey", "-in", key.to_str().unwrap(), "-text", "-noout"], None)).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = String::from_utf8(openssl(
+        &["pkey", "-in", key.to_str().unwrap(), "-text", "-noout"],
+        None,
+    ))
+    .unwrap();
     assert!(text.contains("SM2"), "{text}");
-    let spki = openssl(&["pkey", "-pubin", "-in", dir.path().join("k/sm2-pub.pem").to_str().unwrap(), "-outform", "DER"], None);
+    let spki = openssl(
+        &[
+            "pkey",
+            "-pubin",
+            "-in",
+            dir.path().join("k/sm2-pub.pem").to_str().unwrap(),
+            "-outform",
+            "DER",
+        ],
+        None,
+    );
     let sm3 = openssl(&["dgst", "-sm3", "-binary"], Some(&spki));
     assert_eq!(id, format!("sm2-{}", hex::encode(&sm3[..8])));
     // Never overwrites.
-    let again = Command::new(binary()).args(["keygen", "--out"]).arg(dir.path().join("k")).output().unwrap();
+    let again = Command::new(binary())
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
     assert!(!again.status.success());
 }
 
@@ -147,7 +200,10 @@ fn sm4_gcm_matches_python_cryptography() {
     assert_eq!(results.len(), ours.len() * 2);
     for (i, (c, _, nonce, aad, data, sealed)) in ours.iter().enumerate() {
         let opened = &results[2 * i];
-        assert_eq!(opened["ok"], true, "python could not open case {i}: {opened}");
+        assert_eq!(
+            opened["ok"], true,
+            "python could not open case {i}: {opened}"
+        );
         assert_eq!(opened["data"].as_str().unwrap(), hex::encode(data));
         let theirs = hex::decode(results[2 * i + 1]["data"].as_str().unwrap()).unwrap();
         assert_eq!(&theirs, sealed, "python's seal differs, case {i}");

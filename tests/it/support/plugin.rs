@@ -34,7 +34,11 @@ pub fn openssl_key(dir: &Path, name: &str) -> PathBuf {
         .arg(&dst)
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
     dst
 }
@@ -57,7 +61,10 @@ pub struct Plugin {
 impl Plugin {
     /// Starts the binary with `config` (a file already written) and waits until the socket accepts.
     pub fn start(config: &Path, socket: &Path) -> Self {
-        let log = config.with_extension(format!("{}.log", std::process::id() as u64 * 1000 + rand_suffix()));
+        let log = config.with_extension(format!(
+            "{}.log",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        ));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary())
             .arg("-f")
@@ -83,10 +90,18 @@ impl Plugin {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("plugin exited early ({status}):\n{}", self.logs());
             }
-            assert!(Instant::now() < deadline, "plugin not ready:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "plugin not ready:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -128,7 +143,11 @@ impl Plugin {
             if let Some(s) = child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "plugin did not exit:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "plugin did not exit:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -196,5 +215,9 @@ pub fn sm2_setup(extra: serde_json::Value) -> Setup {
         }
     }
     let config = write_config(dir.path(), &config);
-    Setup { dir, socket, config }
+    Setup {
+        dir,
+        socket,
+        config,
+    }
 }

@@ -1,0 +1,533 @@
+//! The HTTP(S) side of the JD Cloud provider: builds, signs and sends one KMS call, with a per-attempt
+//! timeout and bounded, jittered retries inside an overall deadline. It returns the HTTP status and body
+//! of the answer it settled on; reading the JSON and choosing an error kind is the caller's business.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use zeroize::Zeroizing;
+
+use super::sign::{self, Credentials, HEADER_CONTENT_SHA256, HEADER_DATE, HEADER_NONCE};
+use crate::config::SignVersion;
+use crate::secret::SecretString;
+
+/// The largest answer body read; KMS answers are a few hundred bytes.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// How a call is retried. Only failures that may pass are retried: no answer (connection refused or
+/// dropped, TLS failure, timeout), 5xx and 429. A 4xx or a 2xx is final at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// One attempt's limit (`KmsTimeoutMs`), connecting included.
+    pub attempt_timeout: Duration,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each later one, capped at `max_backoff`. The actual
+    /// pause is drawn uniformly from [half, whole] of that value.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The whole call, attempts and pauses, never takes longer than this.
+    pub deadline: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy for a `KmsTimeoutMs`: 3 attempts, backoff 50 ms doubling up to 400 ms, everything within
+    /// 1.4 × the timeout (2.8 s for the default 2 s, under kube-apiserver's 3 s per-call deadline).
+    pub fn for_timeout(attempt_timeout: Duration) -> Self {
+        Self {
+            attempt_timeout,
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            deadline: attempt_timeout.saturating_mul(7) / 5,
+        }
+    }
+}
+
+/// The KMS operations we call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Encrypt,
+    Decrypt,
+    DescribeKey,
+}
+
+impl Op {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::Encrypt => "Encrypt",
+            Op::Decrypt => "Decrypt",
+            Op::DescribeKey => "DescribeKey",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Op::Encrypt | Op::Decrypt => Method::POST,
+            Op::DescribeKey => Method::GET,
+        }
+    }
+
+    /// The `:Action` suffix of the path, if any.
+    fn action(self) -> Option<&'static str> {
+        match self {
+            Op::Encrypt => Some("Encrypt"),
+            Op::Decrypt => Some("Decrypt"),
+            Op::DescribeKey => None,
+        }
+    }
+}
+
+/// The answer a call settled on.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    /// Zeroized on drop: a Decrypt answer holds key material.
+    pub body: Zeroizing<Vec<u8>>,
+    /// Attempts made (1 when the first one answered for good).
+    pub attempts: u32,
+}
+
+/// A call that got no usable answer within its attempts and deadline.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The last attempt answered 5xx or 429.
+    Status {
+        answer_status: StatusCode,
+        body: Zeroizing<Vec<u8>>,
+        attempts: u32,
+    },
+    /// The last attempt got no answer: connect error, dropped connection, TLS error, or timeout.
+    NoAnswer { detail: String, attempts: u32 },
+}
+
+/// The `Host` header (and signed host) of an endpoint `host[:port]`: a port of 80 or 443 is left out,
+/// as the official SDKs sign it.
+pub(crate) fn host_header(endpoint: &str) -> String {
+    match endpoint.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && (port == "80" || port == "443")
+                && !host.ends_with(':')
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host.to_string()
+        }
+        _ => endpoint.to_string(),
+    }
+}
+
+/// The request path as each SDK puts it on the wire: `/v1/key/{keyId}` plus `:{action}`. The key id is
+/// percent-encoded (all but `A-Za-z0-9-._~`); the action's `:` is sent as is in v3 (Python SDK) and as
+/// `%3A` in v2 (Go SDK), which also is what each version signs.
+pub(crate) fn wire_path(version: SignVersion, key_id: &str, action: Option<&str>) -> String {
+    let mut path = format!("/v1/key/{}", sign::quote(key_id, b""));
+    if let Some(action) = action {
+        path.push_str(match version {
+            SignVersion::V3 => ":",
+            SignVersion::V2 => "%3A",
+        });
+        path.push_str(action);
+    }
+    path
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A signed-request client for one endpoint and one set of credentials.
+pub(crate) struct KmsClient {
+    http: HttpClient,
+    scheme: &'static str,
+    endpoint: String,
+    host: String,
+    access_key: SecretString,
+    secret_key: SecretString,
+    version: SignVersion,
+    policy: RetryPolicy,
+    user_agent: HeaderValue,
+}
+
+impl std::fmt::Debug for KmsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsClient")
+            .field(
+                "endpoint",
+                &format_args!("{}://{}", self.scheme, self.endpoint),
+            )
+            .field("sign_version", &self.version)
+            .field("policy", &self.policy)
+            .field("credentials", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+impl KmsClient {
+    /// `schema` is `http` or `https`; `endpoint` is `host[:port]`. TLS trusts the system's roots, or
+    /// Mozilla's (built in) where the system has none.
+    pub(crate) fn new(
+        schema: &str,
+        endpoint: &str,
+        access_key: SecretString,
+        secret_key: SecretString,
+        version: SignVersion,
+        policy: RetryPolicy,
+    ) -> Result<Self, String> {
+        let scheme = match schema {
+            "http" => "http",
+            "https" => "https",
+            other => return Err(format!("KmsSchema {other:?} must be \"http\" or \"https\"")),
+        };
+        let authority: http::uri::Authority = endpoint
+            .parse()
+            .map_err(|_| format!("KmsEndpoint {endpoint:?} is not host[:port]"))?;
+        if authority.as_str().contains('@') || endpoint.is_empty() {
+            return Err(format!("KmsEndpoint {endpoint:?} is not host[:port]"));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = if scheme == "https" {
+            match tls.with_provider_and_native_roots(provider.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!("no system TLS roots ({e}); using the built-in Mozilla roots");
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_provider_and_webpki_roots(provider)
+                        .map_err(|e| format!("TLS set-up failed: {e}"))?
+                }
+            }
+        } else {
+            tls.with_provider_and_webpki_roots(provider)
+                .map_err(|e| format!("TLS set-up failed: {e}"))?
+        };
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(policy.attempt_timeout));
+        let connector = tls.https_or_http().enable_http1().wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(8)
+            .build(connector);
+        let user_agent = HeaderValue::from_str(&format!(
+            "{}/{} kms/v1",
+            crate::RUNTIME_NAME,
+            crate::RUNTIME_VERSION
+        ))
+        .map_err(|e| format!("user agent: {e}"))?;
+        Ok(Self {
+            http,
+            scheme,
+            endpoint: authority.as_str().to_string(),
+            host: host_header(authority.as_str()),
+            access_key,
+            secret_key,
+            version,
+            policy,
+            user_agent,
+        })
+    }
+
+    pub(crate) fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// `scheme://endpoint`, for messages.
+    pub(crate) fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.endpoint)
+    }
+
+    /// Calls `op` on `key_id` with `body`, retrying as [`RetryPolicy`] says. Returns the first answer that
+    /// is final (2xx, 4xx other than 429, or anything else that is not retried).
+    pub(crate) async fn call(
+        &self,
+        op: Op,
+        key_id: &str,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<Answer, Failure> {
+        let started = Instant::now();
+        let deadline = started + self.policy.deadline;
+        // One buffer for every attempt, zeroized when the last reference goes.
+        let body = Bytes::from_owner(body);
+        let max_attempts = self.policy.max_attempts.max(1);
+        let mut attempt = 0;
+        let mut last: Option<Failure> = None;
+        while attempt < max_attempts {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            attempt += 1;
+            let limit = self.policy.attempt_timeout.min(deadline - now);
+            let outcome = tokio::time::timeout(limit, self.once(op, key_id, body.clone())).await;
+            let failure = match outcome {
+                Ok(Ok((status, answer_body))) => {
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        Failure::Status {
+                            answer_status: status,
+                            body: answer_body,
+                            attempts: attempt,
+                        }
+                    } else {
+                        return Ok(Answer {
+                            status,
+                            body: answer_body,
+                            attempts: attempt,
+                        });
+                    }
+                }
+                Ok(Err(detail)) => Failure::NoAnswer {
+                    detail,
+                    attempts: attempt,
+                },
+                Err(_) => Failure::NoAnswer {
+                    detail: format!("no answer within {} ms", limit.as_millis()),
+                    attempts: attempt,
+                },
+            };
+            if attempt < max_attempts {
+                let pause = self.backoff(attempt);
+                if Instant::now() + pause < deadline {
+                    tracing::debug!(
+                        op = op.name(),
+                        attempt,
+                        pause_ms = pause.as_millis() as u64,
+                        "jdcloud KMS call failed, retrying: {}",
+                        describe_failure(&failure)
+                    );
+                    last = Some(failure);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
+            last = Some(failure);
+            break;
+        }
+        Err(last.unwrap_or_else(|| Failure::NoAnswer {
+            detail: format!(
+                "no attempt fit in the {} ms deadline",
+                self.policy.deadline.as_millis()
+            ),
+            attempts: attempt,
+        }))
+    }
+
+    /// The pause after failed attempt `n` (1-based): uniform in [d/2, d], d = base × 2^(n-1) capped.
+    fn backoff(&self, n: u32) -> Duration {
+        let d = self
+            .policy
+            .base_backoff
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(self.policy.max_backoff);
+        let half = d / 2;
+        let span = (d - half).as_micros() as u64;
+        let jitter = if span == 0 {
+            0
+        } else {
+            getrandom::u64().unwrap_or(0) % (span + 1)
+        };
+        half + Duration::from_micros(jitter)
+    }
+
+    /// One signed attempt: the status and body of whatever answered, or why nothing did.
+    async fn once(
+        &self,
+        op: Op,
+        key_id: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), String> {
+        let date = sign::format_date(SystemTime::now());
+        let nonce = sign::new_nonce();
+        let path = wire_path(self.version, key_id, op.action());
+        let method = op.method();
+        let headers = [
+            ("content-type", "application/json"),
+            (HEADER_DATE, date.as_str()),
+            (HEADER_NONCE, nonce.as_str()),
+        ];
+        let authorization = {
+            let req = sign::Request {
+                method: method.as_str(),
+                host: &self.host,
+                path: &path,
+                query: "",
+                headers: &headers,
+                body: &body,
+            };
+            let creds = Credentials {
+                access_key: self.access_key.expose(),
+                secret_key: self.secret_key.expose(),
+            };
+            let value = sign::authorization(
+                self.version,
+                &req,
+                &date,
+                sign::REGION,
+                sign::SERVICE,
+                &creds,
+            );
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| "the access key is not valid in an HTTP header".to_string())?;
+            value.set_sensitive(true);
+            value
+        };
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(format!("{}://{}{}", self.scheme, self.endpoint, path))
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, "application/json")
+            .header(HEADER_DATE, &date)
+            .header(HEADER_NONCE, &nonce)
+            .header(AUTHORIZATION, authorization)
+            .header(USER_AGENT, self.user_agent.clone());
+        if self.version == SignVersion::V3 {
+            // What the Python SDK adds after signing (unsigned).
+            builder = builder
+                .header(HEADER_CONTENT_SHA256, sign::content_sha256(&body))
+                .header(
+                    sign::algorithm(SignVersion::V3),
+                    sign::algorithm(SignVersion::V3),
+                );
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| format!("{}: {}", self.base_url(), error_chain(&e)))?;
+        let status = response.status();
+        let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: reading the answer: {}",
+                    self.base_url(),
+                    error_chain(&*e)
+                )
+            })?;
+        let bytes: Vec<u8> = collected.to_bytes().into();
+        Ok((status, Zeroizing::new(bytes)))
+    }
+}
+
+/// A short text for a failure, for logs and errors.
+pub(crate) fn describe_failure(f: &Failure) -> String {
+    match f {
+        Failure::Status {
+            answer_status,
+            body,
+            ..
+        } => match super::wire::error_of(body) {
+            Some(e) => format!("HTTP {} {e}", answer_status.as_u16()),
+            None => format!("HTTP {}", answer_status.as_u16()),
+        },
+        Failure::NoAnswer { detail, .. } => detail.clone(),
+    }
+}
+
+/// An error and its sources, `: `-joined (hyper's top-level messages alone say little).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_drops_default_ports_only() {
+        assert_eq!(host_header("kms.example.com"), "kms.example.com");
+        assert_eq!(host_header("kms.example.com:80"), "kms.example.com");
+        assert_eq!(host_header("kms.example.com:443"), "kms.example.com");
+        assert_eq!(host_header("kms.example.com:8443"), "kms.example.com:8443");
+        assert_eq!(host_header("127.0.0.1:4430"), "127.0.0.1:4430");
+        assert_eq!(host_header("[::1]:443"), "[::1]");
+        assert_eq!(host_header("[::1]:8080"), "[::1]:8080");
+    }
+
+    #[test]
+    fn wire_paths_follow_each_sdk() {
+        assert_eq!(
+            wire_path(SignVersion::V3, "k-1", Some("Encrypt")),
+            "/v1/key/k-1:Encrypt"
+        );
+        assert_eq!(
+            wire_path(SignVersion::V2, "k-1", Some("Decrypt")),
+            "/v1/key/k-1%3ADecrypt"
+        );
+        assert_eq!(
+            wire_path(SignVersion::V3, "a b/c:d", None),
+            "/v1/key/a%20b%2Fc%3Ad"
+        );
+    }
+
+    #[test]
+    fn default_policy_fits_kube_apiserver_deadline() {
+        let p = RetryPolicy::for_timeout(Duration::from_millis(2000));
+        assert_eq!(p.max_attempts, 3);
+        assert_eq!(p.deadline, Duration::from_millis(2800));
+        assert!(p.deadline < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let c = KmsClient::new(
+            "http",
+            "127.0.0.1:1",
+            SecretString::new("a".into()),
+            SecretString::new("s".into()),
+            SignVersion::V3,
+            RetryPolicy::for_timeout(Duration::from_millis(500)),
+        )
+        .unwrap();
+        for n in 1..=10 {
+            let d = c.backoff(n);
+            let full = Duration::from_millis(50)
+                .saturating_mul(1 << (n - 1))
+                .min(Duration::from_millis(400));
+            assert!(d >= full / 2 && d <= full, "attempt {n}: {d:?} vs {full:?}");
+        }
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| c.backoff(3)).collect();
+        assert!(draws.len() > 1, "backoff is not jittered");
+    }
+
+    #[test]
+    fn bad_schema_or_endpoint_is_a_config_error() {
+        let mk = |schema: &str, endpoint: &str| {
+            KmsClient::new(
+                schema,
+                endpoint,
+                SecretString::new("a".into()),
+                SecretString::new("s".into()),
+                SignVersion::V3,
+                RetryPolicy::for_timeout(Duration::from_millis(500)),
+            )
+        };
+        assert!(mk("ftp", "h").is_err());
+        assert!(mk("http", "").is_err());
+        assert!(mk("http", "http://h").is_err());
+        assert!(mk("http", "h/x").is_err());
+        assert!(mk("http", "user@h").is_err());
+        assert!(mk("https", "kms.cn-north-1.jdcloud-api.com").is_ok());
+        assert!(mk("http", "kms.internal.cn-north-1.jdcloud-api.com:8080").is_ok());
+    }
+}
