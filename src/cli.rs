@@ -183,6 +183,10 @@ async fn check(config: Config) -> Result<()> {
             }
         }
     }
+    println!(
+        "legacy ciphertexts (JD Cloud plugin form): {}",
+        legacy_line(&plugin)
+    );
     match plugin.health.probe(plugin.envelope.datakeys()).await {
         Ok(()) => println!("primary key wrap/unwrap round trip: ok"),
         Err(e) => {
@@ -212,6 +216,30 @@ async fn check(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Which keys read legacy ciphertexts, in the order they are tried, and how many legacy reads this process
+/// has answered (DESIGN §2; docs/migration-from-jdcloud-plugin.md).
+fn legacy_line(plugin: &Plugin) -> String {
+    let datakeys = plugin.envelope.datakeys();
+    let state = datakeys.state();
+    let keys: Vec<&str> = state
+        .keyring
+        .legacy_readers()
+        .iter()
+        .map(|p| p.kek_id())
+        .collect();
+    if keys.is_empty() {
+        return "not read (no key has LegacyCiphertexts)".into();
+    }
+    let reads = datakeys
+        .stats
+        .legacy_reads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "read through {} (tried in this order); legacy reads by this process: {reads}",
+        keys.join(", ")
+    )
+}
+
 async fn serve(config: Config) -> Result<()> {
     let started = std::time::Instant::now();
     let plugin = Plugin::load(config).context("loading config and keys")?;
@@ -223,15 +251,24 @@ async fn serve(config: Config) -> Result<()> {
         socket = %config.socket,
         primary = state.keyring.primary().kek_id(),
         keys = ?state.keyring.ids(),
+        legacy = %legacy_line(&plugin),
         kms_v2_version = %config.kms_v2_version,
         ready_ms = started.elapsed().as_millis() as u64,
         "gm-kms-plugin serving KMS v1beta1 and v2"
     );
     let prober = crate::health::spawn_prober(plugin.clone());
+    // The HTTP side door (/livez /healthz /metrics): binds in the background, so a busy port never delays
+    // or stops the KMS socket (DESIGN §5).
+    let http = config
+        .health_addr
+        .map(|addr| crate::http::spawn(plugin.clone(), addr));
     let reloader = tokio::spawn(reload_on_sighup(plugin.clone()));
     let result = crate::server::serve(plugin, socket, shutdown_signal()).await;
     prober.abort();
     reloader.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     result?;
     tracing::info!("stopped");
     Ok(())

@@ -8,8 +8,13 @@
 //!   provider call (single-flight). A freshly unwrapped key enters the cache only after it opened the
 //!   payload that asked for it, so a wrong key from a faulty remote is never cached.
 //! - Keyed cipher instances own the only copy of each plaintext key and zeroize it when the last user drops.
+//! - Legacy-form ciphertexts (DESIGN §2, JD Cloud's plugin) have no data key: the provider returns the
+//!   payload itself. Those payloads get their own bounded LRU (same `DataKeyCacheSize`) and the same
+//!   single-flight, so a storage migration reading thousands of distinct legacy ciphertexts never evicts
+//!   the few data keys that serve all format-1 traffic.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -18,13 +23,14 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use sm3::{Digest, Sm3};
 use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
 
 use crate::cipher::{self, Cipher, CipherError};
 use crate::ciphertext::FormatError;
 use crate::config::DataKeyPolicy;
 use crate::error::Error;
 use crate::keyring::Keyring;
-use crate::provider::ProviderError;
+use crate::provider::{KeyProvider, ProviderError};
 use crate::secret::DataKey;
 
 /// No data key seals more messages than this, whatever the config says: the bound under which random
@@ -37,8 +43,15 @@ const WRAP_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The cipher new data keys are made for.
 const SEALING_CIPHER: u8 = cipher::SM4_GCM;
 
+/// Stands in for the cipher id in the cache key of a legacy ciphertext (no cipher has id 0).
+const LEGACY_FORM: u8 = 0;
+
+/// The info line about legacy reads comes at most this often.
+const LEGACY_LOG_EVERY: Duration = Duration::from_secs(60);
+
 type CacheKey = [u8; 32];
-type SharedUnwrap = Arc<OnceCell<Result<Arc<dyn Cipher>, Error>>>;
+/// A legacy payload, zeroized when the cache and the last reader let go of it.
+type LegacyPlain = Arc<Zeroizing<Vec<u8>>>;
 
 /// Locks a mutex, shrugging off poisoning: every critical section here leaves the data consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,7 +62,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct CurrentKey {
     kek_id: Arc<str>,
     wrapped: Vec<u8>,
-    cipher: Box<dyn Cipher>,
+    cipher: Arc<dyn Cipher>,
     uses: AtomicU64,
     born: Instant,
 }
@@ -96,6 +109,9 @@ pub struct Stats {
     /// Provider unwrap calls actually made (single-flight merges concurrent misses into one).
     pub unwraps: AtomicU64,
     pub unwrap_failures: AtomicU64,
+    /// Decrypts answered from a legacy-form ciphertext (cache hits included): while this grows, storage
+    /// still holds ciphertexts that JD Cloud's plugin wrote.
+    pub legacy_reads: AtomicU64,
 }
 
 /// Owns the current data key and the unwrap cache.
@@ -107,7 +123,10 @@ pub struct DataKeys {
     last_wrap_failure: Mutex<Option<(Instant, ProviderError)>>,
     degraded: AtomicBool,
     cache: Mutex<LruCache<CacheKey, Arc<dyn Cipher>>>,
-    inflight: Mutex<HashMap<CacheKey, SharedUnwrap>>,
+    unwrapping: SingleFlight<Arc<dyn Cipher>>,
+    legacy_cache: Mutex<LruCache<CacheKey, LegacyPlain>>,
+    legacy_opening: SingleFlight<LegacyPlain>,
+    last_legacy_log: Mutex<Option<Instant>>,
     pub stats: Stats,
 }
 
@@ -121,7 +140,10 @@ impl DataKeys {
             last_wrap_failure: Mutex::new(None),
             degraded: AtomicBool::new(false),
             cache: Mutex::new(LruCache::new(cap)),
-            inflight: Mutex::new(HashMap::new()),
+            unwrapping: SingleFlight::default(),
+            legacy_cache: Mutex::new(LruCache::new(cap)),
+            legacy_opening: SingleFlight::default(),
+            last_legacy_log: Mutex::new(None),
             stats: Stats::default(),
         }
     }
@@ -136,6 +158,7 @@ impl DataKeys {
     pub fn replace_state(&self, keyring: Arc<Keyring>, policy: DataKeyPolicy) {
         if let Some(cap) = NonZeroUsize::new(policy.cache_size) {
             lock(&self.cache).resize(cap);
+            lock(&self.legacy_cache).resize(cap);
         }
         *self.state.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(KeyState { keyring, policy });
@@ -214,6 +237,11 @@ impl DataKeys {
             Some(e) => e,
             None => match self.make_key(state).await {
                 Ok(new) => {
+                    // What we seal now we may be asked to open soon: no provider call needed for that.
+                    lock(&self.cache).put(
+                        cache_key(new.cipher.id(), &new.kek_id, &new.wrapped),
+                        new.cipher.clone(),
+                    );
                     *lock(&self.current) = Some(new.clone());
                     *lock(&self.last_wrap_failure) = None;
                     self.degraded.store(false, Ordering::Relaxed);
@@ -254,8 +282,9 @@ impl DataKeys {
                 primary.kek_id()
             ))));
         }
-        let cipher = cipher::for_id(SEALING_CIPHER, &dk)
-            .ok_or(Error::Malformed(FormatError::UnknownCipher(SEALING_CIPHER)))?;
+        let cipher: Arc<dyn Cipher> = cipher::for_id(SEALING_CIPHER, &dk)
+            .ok_or(Error::Malformed(FormatError::UnknownCipher(SEALING_CIPHER)))?
+            .into();
         Ok(Arc::new(CurrentKey {
             kek_id: Arc::from(primary.kek_id()),
             wrapped,
@@ -289,56 +318,180 @@ impl DataKeys {
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
 
-        let cell = lock(&self.inflight).entry(key).or_default().clone();
-        let _leave = InflightGuard {
-            map: &self.inflight,
+        let unwrap = || async {
+            self.stats.unwraps.fetch_add(1, Ordering::Relaxed);
+            let result = provider
+                .unwrap(wrapped)
+                .await
+                .map_err(Error::from)
+                .and_then(|dk| {
+                    cipher::for_id(cipher_id, &dk)
+                        .map(Arc::from)
+                        .ok_or(Error::Malformed(FormatError::UnknownCipher(cipher_id)))
+                });
+            if let Err(e) = &result {
+                self.stats.unwrap_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(kek_id, error = %e, "unwrap failed");
+            }
+            result
+        };
+        self.unwrapping
+            .run(key, unwrap, |unwrapped: Arc<dyn Cipher>| {
+                let out = open(unwrapped.as_ref()).map_err(|_| Error::Authentication)?;
+                // Only a key that opened its payload is cached.
+                lock(&self.cache).put(key, unwrapped);
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Opens a legacy-form ciphertext (DESIGN §2) through one legacy-reading key: the provider returns the
+    /// payload itself. Results are cached by a hash of (KEK id, ciphertext) and concurrent misses for one
+    /// ciphertext make a single provider call. Failures are never cached. Which keys to try, and in which
+    /// order, is the envelope's business.
+    ///
+    /// A legacy payload has no tag of ours to verify: it is cached as the remote returned it (never empty).
+    pub async fn open_legacy(
+        &self,
+        provider: &Arc<dyn KeyProvider>,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if let Some(plain) = self.cached_legacy(std::slice::from_ref(provider), ciphertext) {
+            return Ok(plain);
+        }
+        let kek_id = provider.kek_id();
+        let key = cache_key(LEGACY_FORM, kek_id, ciphertext);
+        let call = || async {
+            let result = match provider.open_legacy(ciphertext).await {
+                Ok(plain) if plain.is_empty() => Err(Error::Provider(ProviderError::Unavailable(
+                    format!("{kek_id} returned an empty legacy plaintext"),
+                ))),
+                Ok(plain) => Ok(Arc::new(plain)),
+                Err(e) => Err(Error::Provider(e)),
+            };
+            if let Err(e) = &result {
+                tracing::debug!(kek_id, error = %e, "legacy ciphertext not opened");
+            }
+            result
+        };
+        let plain = self
+            .legacy_opening
+            .run(key, call, |plain: LegacyPlain| {
+                lock(&self.legacy_cache).put(key, plain.clone());
+                Ok(plain)
+            })
+            .await?;
+        self.count_legacy_read(kek_id);
+        Ok(Zeroizing::new(plain.to_vec()))
+    }
+
+    /// The payload of a legacy ciphertext already opened through any of `readers`, without a provider
+    /// call (counted as a legacy read). Lets a ciphertext that the last of several legacy keys opened skip
+    /// the keys tried before it next time.
+    pub fn cached_legacy(
+        &self,
+        readers: &[Arc<dyn KeyProvider>],
+        ciphertext: &[u8],
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        let (kek_id, plain) = readers.iter().find_map(|p| {
+            let key = cache_key(LEGACY_FORM, p.kek_id(), ciphertext);
+            let hit = lock(&self.legacy_cache).get(&key).cloned();
+            hit.map(|plain| (p.kek_id(), plain))
+        })?;
+        self.count_legacy_read(kek_id);
+        Some(Zeroizing::new(plain.to_vec()))
+    }
+
+    /// Counts a legacy read; says so at info level at most once a minute (with the running count), so
+    /// operators can tell when a storage migration has rewritten everything, and at debug level each time.
+    fn count_legacy_read(&self, kek_id: &str) {
+        let n = self.stats.legacy_reads.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(kek_id, legacy_reads = n, "legacy ciphertext read");
+        let due = {
+            let mut last = lock(&self.last_legacy_log);
+            let due = last.is_none_or(|at| at.elapsed() >= LEGACY_LOG_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            tracing::info!(
+                kek_id,
+                legacy_reads = n,
+                "ciphertexts in JD Cloud's plugin form are still being read ({n} since start); \
+                 rewrite all Secrets to finish the migration (docs/migration-from-jdcloud-plugin.md)"
+            );
+        }
+    }
+
+    /// Number of legacy payloads cached.
+    pub fn legacy_cache_len(&self) -> usize {
+        lock(&self.legacy_cache).len()
+    }
+}
+
+/// At most one provider call per cache key at a time (single-flight): callers that miss the cache while a
+/// call for the same key is under way wait for its result instead of making their own.
+struct SingleFlight<V> {
+    calls: Mutex<HashMap<CacheKey, Arc<OnceCell<Result<V, Error>>>>>,
+}
+
+impl<V> Default for SingleFlight<V> {
+    fn default() -> Self {
+        Self {
+            calls: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V: Clone> SingleFlight<V> {
+    /// Runs `call` for `key`, or joins the one already running, then hands the result to `admit`. `admit`
+    /// runs while this caller still holds its place in the table, so a result cached by `admit` is in the
+    /// cache before the entry can leave the table: no caller in between makes a second call.
+    async fn run<T, F, Fut>(
+        &self,
+        key: CacheKey,
+        call: F,
+        admit: impl FnOnce(V) -> Result<T, Error>,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, Error>>,
+    {
+        let cell = lock(&self.calls).entry(key).or_default().clone();
+        let _leave = Leave {
+            calls: &self.calls,
             key,
             cell: cell.clone(),
         };
-        let unwrapped = cell
-            .get_or_init(|| async {
-                self.stats.unwraps.fetch_add(1, Ordering::Relaxed);
-                let result = provider
-                    .unwrap(wrapped)
-                    .await
-                    .map_err(Error::from)
-                    .and_then(|dk| {
-                        cipher::for_id(cipher_id, &dk)
-                            .map(Arc::from)
-                            .ok_or(Error::Malformed(FormatError::UnknownCipher(cipher_id)))
-                    });
-                if let Err(e) = &result {
-                    self.stats.unwrap_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(kek_id, error = %e, "unwrap failed");
-                }
-                result
-            })
-            .await
-            .clone()?;
-        let out = open(unwrapped.as_ref()).map_err(|_| Error::Authentication)?;
-        // Cache before leaving the in-flight table, so no caller in between makes a second call.
-        lock(&self.cache).put(key, unwrapped);
-        Ok(out)
+        let value = cell.get_or_init(call).await.clone()?;
+        admit(value)
+    }
+
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
+        lock(&self.calls).is_empty()
     }
 }
 
 /// Removes a finished (or abandoned) single-flight entry, so errors are not remembered and the table
 /// cannot grow with cancelled calls.
-struct InflightGuard<'a> {
-    map: &'a Mutex<HashMap<CacheKey, SharedUnwrap>>,
+struct Leave<'a, V> {
+    calls: &'a Mutex<HashMap<CacheKey, Arc<OnceCell<Result<V, Error>>>>>,
     key: CacheKey,
-    cell: SharedUnwrap,
+    cell: Arc<OnceCell<Result<V, Error>>>,
 }
 
-impl Drop for InflightGuard<'_> {
+impl<V> Drop for Leave<'_, V> {
     fn drop(&mut self) {
-        let mut map = lock(self.map);
-        if let Some(entry) = map.get(&self.key) {
+        let mut calls = lock(self.calls);
+        if let Some(entry) = calls.get(&self.key) {
             // 2 = the table's reference and ours: nobody else is waiting on an unfinished call.
             if Arc::ptr_eq(entry, &self.cell)
                 && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
             {
-                map.remove(&self.key);
+                calls.remove(&self.key);
             }
         }
     }
@@ -356,22 +509,57 @@ fn cache_key(cipher_id: u8, kek_id: &str, wrapped: &[u8]) -> CacheKey {
     h.finalize().into()
 }
 
+/// A provider for unit tests here and in [`crate::envelope`].
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_provider {
     use super::*;
-    use crate::provider::KeyProvider;
     use async_trait::async_trait;
     use std::sync::atomic::AtomicUsize;
 
-    /// A provider that counts calls, can be switched off, and can be made to answer with a wrong key.
+    /// A provider that counts calls, can be switched off, and can be made to answer with a wrong key. With
+    /// `legacy` on it reads the legacy ciphertexts listed in `legacy_blobs` (anything else it rejects as
+    /// a remote KMS would).
     #[derive(Debug, Default)]
-    struct Counting {
-        id: String,
-        wraps: AtomicUsize,
-        unwraps: AtomicUsize,
-        down: AtomicBool,
-        lie: AtomicBool,
-        delay_ms: AtomicU64,
+    pub(crate) struct Counting {
+        pub id: String,
+        pub wraps: AtomicUsize,
+        pub unwraps: AtomicUsize,
+        pub down: AtomicBool,
+        pub lie: AtomicBool,
+        pub delay_ms: AtomicU64,
+        pub legacy: bool,
+        pub legacy_blobs: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+        pub legacy_calls: AtomicUsize,
+    }
+
+    impl Counting {
+        pub(crate) fn new(id: &str) -> Arc<Self> {
+            Arc::new(Self {
+                id: id.into(),
+                ..Default::default()
+            })
+        }
+
+        /// A provider that reads the legacy ciphertext `blob` as `plain`.
+        pub(crate) fn legacy(id: &str, blob: &[u8], plain: &[u8]) -> Arc<Self> {
+            Arc::new(Self {
+                id: id.into(),
+                legacy: true,
+                legacy_blobs: Mutex::new(HashMap::from([(blob.to_vec(), plain.to_vec())])),
+                ..Default::default()
+            })
+        }
+
+        async fn remote(&self) -> Result<(), ProviderError> {
+            let ms = self.delay_ms.load(Ordering::SeqCst);
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ProviderError::Unavailable("down".into()));
+            }
+            Ok(())
+        }
     }
 
     #[async_trait]
@@ -392,13 +580,7 @@ mod tests {
         }
         async fn unwrap(&self, wrapped: &[u8]) -> Result<DataKey, ProviderError> {
             self.unwraps.fetch_add(1, Ordering::SeqCst);
-            let ms = self.delay_ms.load(Ordering::SeqCst);
-            if ms > 0 {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            if self.down.load(Ordering::SeqCst) {
-                return Err(ProviderError::Unavailable("down".into()));
-            }
+            self.remote().await?;
             let mut k: Vec<u8> = wrapped.iter().map(|b| b ^ 0x5A).collect();
             if self.lie.load(Ordering::SeqCst) {
                 k[0] ^= 1;
@@ -408,13 +590,27 @@ mod tests {
         async fn describe(&self) -> Result<String, ProviderError> {
             Ok(self.id.clone())
         }
+        fn legacy_reads(&self) -> bool {
+            self.legacy
+        }
+        async fn open_legacy(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+            self.legacy_calls.fetch_add(1, Ordering::SeqCst);
+            self.remote().await?;
+            let plain = lock(&self.legacy_blobs).get(blob).cloned();
+            plain
+                .map(Zeroizing::new)
+                .ok_or_else(|| ProviderError::InvalidWrappedKey("not a ciphertext of mine".into()))
+        }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_provider::Counting;
+    use super::*;
 
     fn setup(policy: DataKeyPolicy) -> (Arc<Counting>, DataKeys) {
-        let p = Arc::new(Counting {
-            id: "k1".into(),
-            ..Default::default()
-        });
+        let p = Counting::new("k1");
         let ring = Keyring::new(vec![p.clone() as Arc<dyn KeyProvider>]).unwrap();
         (p, DataKeys::new(Arc::new(ring), policy))
     }
@@ -514,7 +710,7 @@ mod tests {
         assert_eq!(p.unwraps.load(Ordering::SeqCst), 1);
         assert_eq!(dks2.stats.unwraps.load(Ordering::SeqCst), 1);
         assert_eq!(dks2.cache_len(), 1);
-        assert!(lock(&dks2.inflight).is_empty());
+        assert!(dks2.unwrapping.is_idle());
     }
 
     #[tokio::test]
@@ -569,23 +765,22 @@ mod tests {
             let (k, s) = seal(&dks, &[i + 1]).await;
             sealed.push((k.wrapped().to_vec(), s));
         }
-        for (w, s) in &sealed {
+        // Newest first: opening an old key in between would evict a cached new one.
+        for (w, s) in sealed.iter().rev() {
             dks.open_with(cipher::SM4_GCM, "k1", w, |c| c.open(&[0; 12], b"", s))
                 .await
                 .unwrap();
         }
         assert_eq!(dks.cache_len(), 4);
-        assert_eq!(p.unwraps.load(Ordering::SeqCst), 10);
+        // The 4 most recent keys were cached when they were made; the 6 older ones needed the provider.
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]
     async fn primary_change_retires_the_current_key() {
         let (_p, dks) = setup(DataKeyPolicy::default());
         let first = dks.current().await.unwrap();
-        let q = Arc::new(Counting {
-            id: "k2".into(),
-            ..Default::default()
-        });
+        let q = Counting::new("k2");
         let old = dks.state().keyring.primary().clone();
         let ring = Keyring::new(vec![q.clone() as Arc<dyn KeyProvider>, old]).unwrap();
         dks.replace_state(Arc::new(ring), DataKeyPolicy::default());
@@ -593,6 +788,120 @@ mod tests {
         assert_eq!(&**second.kek_id(), "k2");
         assert_ne!(first.kek_id(), second.kek_id());
         assert_eq!(q.wraps.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_sealing_key_opens_without_a_provider_call() {
+        let (p, dks) = setup(DataKeyPolicy::default());
+        let (k, sealed) = seal(&dks, b"fresh").await;
+        let r = dks
+            .open_with(cipher::SM4_GCM, "k1", k.wrapped(), |c| {
+                c.open(&[0; 12], b"", &sealed)
+            })
+            .await;
+        assert_eq!(r.unwrap(), b"fresh");
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 0);
+    }
+
+    fn legacy_setup(
+        blob: &[u8],
+        plain: &[u8],
+        cache_size: usize,
+    ) -> (Arc<Counting>, Arc<DataKeys>) {
+        let p = Counting::legacy("jd", blob, plain);
+        let ring = Keyring::new(vec![p.clone() as Arc<dyn KeyProvider>]).unwrap();
+        let policy = DataKeyPolicy {
+            cache_size,
+            ..Default::default()
+        };
+        (p, Arc::new(DataKeys::new(Arc::new(ring), policy)))
+    }
+
+    #[tokio::test]
+    async fn legacy_reads_share_one_call_then_hit_the_cache_and_are_counted() {
+        let (p, dks) = legacy_setup(b"old blob", b"kube-apiserver DEK", 16);
+        p.delay_ms.store(50, Ordering::SeqCst);
+        let provider = dks.state().keyring.primary().clone();
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (d, p) = (dks.clone(), provider.clone());
+            tasks.push(tokio::spawn(
+                async move { d.open_legacy(&p, b"old blob").await },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().as_slice(), b"kube-apiserver DEK");
+        }
+        for _ in 0..936 {
+            dks.open_legacy(&provider, b"old blob").await.unwrap();
+        }
+        assert_eq!(
+            p.legacy_calls.load(Ordering::SeqCst),
+            1,
+            "1000 reads, 1 call"
+        );
+        assert_eq!(dks.stats.legacy_reads.load(Ordering::SeqCst), 1000);
+        assert_eq!(dks.legacy_cache_len(), 1);
+        assert_eq!(dks.cache_len(), 0, "data keys are cached apart");
+        assert!(dks.legacy_opening.is_idle());
+        assert_eq!(p.unwraps.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn legacy_failures_are_not_cached_or_counted() {
+        let (p, dks) = legacy_setup(b"old blob", b"dek", 16);
+        let provider = dks.state().keyring.primary().clone();
+        p.down.store(true, Ordering::SeqCst);
+        let e = dks.open_legacy(&provider, b"old blob").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Provider(ProviderError::Unavailable(_))),
+            "{e:?}"
+        );
+        p.down.store(false, Ordering::SeqCst);
+        let e = dks.open_legacy(&provider, b"garbage").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Provider(ProviderError::InvalidWrappedKey(_))),
+            "{e:?}"
+        );
+        assert_eq!(dks.legacy_cache_len(), 0);
+        assert_eq!(dks.stats.legacy_reads.load(Ordering::SeqCst), 0);
+        let got = dks.open_legacy(&provider, b"old blob").await.unwrap();
+        assert_eq!(got.as_slice(), b"dek");
+        assert_eq!(p.legacy_calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_empty_legacy_plaintext_is_an_error_never_an_answer() {
+        let (p, dks) = legacy_setup(b"old blob", b"", 16);
+        let provider = dks.state().keyring.primary().clone();
+        let e = dks.open_legacy(&provider, b"old blob").await.unwrap_err();
+        assert!(
+            matches!(e, Error::Provider(ProviderError::Unavailable(_))),
+            "{e:?}"
+        );
+        assert_eq!(dks.legacy_cache_len(), 0);
+        assert_eq!(p.legacy_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn legacy_cache_is_bounded() {
+        let (p, dks) = legacy_setup(b"", b"", 4);
+        let provider = dks.state().keyring.primary().clone();
+        for i in 0..10u8 {
+            lock(&p.legacy_blobs).insert(vec![i; 8], vec![i + 1; 32]);
+        }
+        for i in 0..10u8 {
+            let got = dks.open_legacy(&provider, &[i; 8]).await.unwrap();
+            assert_eq!(got.as_slice(), [i + 1; 32]);
+        }
+        assert_eq!(dks.legacy_cache_len(), 4);
+        dks.open_legacy(&provider, &[9; 8]).await.unwrap();
+        dks.open_legacy(&provider, &[0; 8]).await.unwrap();
+        assert_eq!(
+            p.legacy_calls.load(Ordering::SeqCst),
+            11,
+            "the newest stayed cached, the oldest was evicted"
+        );
     }
 
     #[test]

@@ -9,9 +9,6 @@ use crate::datakeys::DataKeys;
 use crate::provider::ProviderError;
 use crate::secret::DataKey;
 
-/// How often the round trip runs.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Probe {
     result: Result<(), ProbeFailure>,
@@ -108,14 +105,12 @@ impl Health {
     }
 }
 
-/// Probes now, then every [`PROBE_INTERVAL`], until the returned handle is aborted.
+/// Probes now, then at the primary key's [`KeyProvider::probe_interval`](crate::provider::KeyProvider::probe_interval),
+/// until the returned handle is aborted.
 pub fn spawn_prober(plugin: Arc<crate::plugin::Plugin>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PROBE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_ok = None;
         loop {
-            tick.tick().await;
             let r = plugin.health.probe(plugin.envelope.datakeys()).await;
             let ok = r.is_ok();
             if was_ok != Some(ok) {
@@ -125,6 +120,14 @@ pub fn spawn_prober(plugin: Arc<crate::plugin::Plugin>) -> tokio::task::JoinHand
                 }
                 was_ok = Some(ok);
             }
+            let interval = plugin
+                .envelope
+                .datakeys()
+                .state()
+                .keyring
+                .primary()
+                .probe_interval();
+            tokio::time::sleep(interval).await;
         }
     })
 }

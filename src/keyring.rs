@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::ProviderMetrics;
 use crate::provider::{self, KeyProvider, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +28,26 @@ pub enum KeyringError {
 pub struct Keyring {
     primary: Arc<dyn KeyProvider>,
     by_id: HashMap<String, Arc<dyn KeyProvider>>,
+    /// Keys that read legacy ciphertexts, in the order they are tried: config order (primary first).
+    legacy: Vec<Arc<dyn KeyProvider>>,
 }
 
 impl Keyring {
     /// Loads every key the config names; any failure names the key entry.
     pub fn from_config(config: &Config) -> Result<Self, KeyringError> {
+        Self::load(config, None)
+    }
+
+    /// [`Keyring::from_config`] with every provider wrapped in the metrics decorator
+    /// ([`provider::metered::Metered`]): what the running plugin uses.
+    pub fn from_config_metered(
+        config: &Config,
+        metrics: &ProviderMetrics,
+    ) -> Result<Self, KeyringError> {
+        Self::load(config, Some(metrics))
+    }
+
+    fn load(config: &Config, metrics: Option<&ProviderMetrics>) -> Result<Self, KeyringError> {
         let file = config.path.display().to_string();
         let mut providers = Vec::new();
         for (i, spec) in config.keys().enumerate() {
@@ -44,7 +60,10 @@ impl Keyring {
                 },
                 source,
             })?;
-            providers.push(p);
+            providers.push(match metrics {
+                Some(m) => provider::metered::Metered::around(p, m.clone()),
+                None => p,
+            });
         }
         Self::new(providers).map_err(|id| KeyringError::DuplicateId { file, id })
     }
@@ -54,13 +73,21 @@ impl Keyring {
         let mut iter = providers.into_iter();
         let primary = iter.next().ok_or_else(String::new)?;
         let mut by_id = HashMap::new();
+        let mut legacy = Vec::new();
         for p in std::iter::once(primary.clone()).chain(iter) {
+            if p.legacy_reads() {
+                legacy.push(p.clone());
+            }
             let id = p.kek_id().to_string();
             if by_id.insert(id.clone(), p).is_some() {
                 return Err(id);
             }
         }
-        Ok(Self { primary, by_id })
+        Ok(Self {
+            primary,
+            by_id,
+            legacy,
+        })
     }
 
     pub fn primary(&self) -> &Arc<dyn KeyProvider> {
@@ -83,8 +110,56 @@ impl Keyring {
         std::iter::once(self.primary.kek_id()).chain(rest).collect()
     }
 
-    /// Every provider (for legacy reads and health reporting).
+    /// Every provider (for health reporting).
     pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn KeyProvider>> {
         self.by_id.values()
+    }
+
+    /// The keys that read legacy ciphertexts ([`KeyProvider::legacy_reads`]), in the order Decrypt tries
+    /// them: the primary first if it is one, then `PreviousKeys` in config order. Empty: no legacy reads,
+    /// and a ciphertext that is not format 1 is refused without any remote call.
+    pub fn legacy_readers(&self) -> &[Arc<dyn KeyProvider>] {
+        &self.legacy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jd(key: &str, extra: &str) -> String {
+        format!(
+            r#"{{"AccessKey": "ak", "SecretKey": "sk", "KmsEndpoint": "127.0.0.1:9", "KmsSchema": "http",
+                "KmsKeyId": "{key}"{extra}}}"#
+        )
+    }
+
+    fn legacy_ids(text: &str) -> Vec<String> {
+        let config = Config::parse(text, std::path::Path::new("/etc/kms.json")).unwrap();
+        let ring = Keyring::from_config(&config).unwrap();
+        ring.legacy_readers()
+            .iter()
+            .map(|p| p.kek_id().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn legacy_readers_are_the_enabled_jdcloud_keys_primary_first_then_config_order() {
+        // JD Cloud's plugin file as it is: the primary reads legacy ciphertexts.
+        assert_eq!(legacy_ids(&jd("a", "")), ["jdcloud-a"]);
+        // An explicit Provider turns the default off.
+        assert!(legacy_ids(&jd("a", r#", "Provider": "jdcloud""#)).is_empty());
+        let prev = format!(
+            r#", "PreviousKeys": [{}, {}, {}]"#,
+            jd("z", r#", "LegacyCiphertexts": true"#),
+            jd("m", ""),
+            jd("b", r#", "LegacyCiphertexts": true"#)
+        );
+        assert_eq!(
+            legacy_ids(&jd("p", &prev)),
+            ["jdcloud-p", "jdcloud-z", "jdcloud-b"]
+        );
+        let off = format!(r#", "LegacyCiphertexts": false{prev}"#);
+        assert_eq!(legacy_ids(&jd("p", &off)), ["jdcloud-z", "jdcloud-b"]);
     }
 }

@@ -8,6 +8,7 @@ use crate::datakeys::DataKeys;
 use crate::envelope::Envelope;
 use crate::health::Health;
 use crate::keyring::{Keyring, KeyringError};
+use crate::metrics::Metrics;
 use crate::selftest::{self, SelfTestError};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +35,15 @@ pub struct Plugin {
     api: RwLock<Arc<ApiSettings>>,
     pub envelope: Envelope,
     pub health: Health,
+    pub metrics: Metrics,
 }
 
 impl Plugin {
     /// Runs the power-on self-tests, then loads every key of the config.
     pub fn load(config: Config) -> Result<Arc<Self>, LoadError> {
         selftest::run_all()?;
-        let keyring = Keyring::from_config(&config)?;
+        let metrics = Metrics::new();
+        let keyring = Keyring::from_config_metered(&config, metrics.provider())?;
         let datakeys = Arc::new(DataKeys::new(Arc::new(keyring), config.data_keys));
         Ok(Arc::new(Self {
             api: RwLock::new(Arc::new(ApiSettings {
@@ -49,6 +52,7 @@ impl Plugin {
             config: RwLock::new(Arc::new(config)),
             envelope: Envelope::new(datakeys),
             health: Health::new(),
+            metrics,
         }))
     }
 
@@ -64,8 +68,14 @@ impl Plugin {
     }
 
     /// Re-reads the config file and its keys. On any error nothing changes.
-    /// Returns the new primary KEK id.
+    /// Returns the new primary KEK id. Every attempt is counted in the metrics.
     pub fn reload(&self) -> Result<String, LoadError> {
+        let r = self.try_reload();
+        self.metrics.record_reload(r.is_ok());
+        r
+    }
+
+    fn try_reload(&self) -> Result<String, LoadError> {
         let old = self.config();
         let new = Config::load(&old.path)?;
         let file = old.path.display().to_string();
@@ -81,7 +91,7 @@ impl Plugin {
                 field: "HealthAddr",
             });
         }
-        let keyring = Keyring::from_config(&new)?;
+        let keyring = Keyring::from_config_metered(&new, self.metrics.provider())?;
         let primary = keyring.primary().kek_id().to_string();
         self.envelope
             .datakeys()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::metrics::Api;
 use crate::plugin::Plugin;
 
 pub mod status;
@@ -50,6 +51,20 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Runs a handler's `work` and records the request (API, method, gRPC code, latency) in the metrics: the
+/// one place every handler of both services goes through.
+async fn observed<T>(
+    plugin: &Plugin,
+    api: Api,
+    method: &'static str,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let timer = plugin.metrics.request(api, method);
+    let r = work.await;
+    timer.finish(r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+    r
 }
 
 /// Runs `work` within the caller's deadline: past it the call answers `DeadlineExceeded` promptly instead

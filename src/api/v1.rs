@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::within_deadline;
+use super::{observed, within_deadline};
 use crate::error::Error;
+use crate::metrics::Api;
 use crate::plugin::Plugin;
 use crate::proto::v1beta1::key_management_service_server::KeyManagementService;
 use crate::proto::v1beta1::{
@@ -46,36 +47,42 @@ impl KeyManagementService for V1 {
         &self,
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        check_version(&request.get_ref().version)?;
-        Ok(Response::new(VersionResponse {
-            version: API_VERSION.into(),
-            runtime_name: crate::RUNTIME_NAME.into(),
-            runtime_version: crate::RUNTIME_VERSION.into(),
-        }))
+        observed(&self.plugin, Api::V1, "Version", async {
+            check_version(&request.get_ref().version)?;
+            Ok(Response::new(VersionResponse {
+                version: API_VERSION.into(),
+                runtime_name: crate::RUNTIME_NAME.into(),
+                runtime_version: crate::RUNTIME_VERSION.into(),
+            }))
+        })
+        .await
     }
 
     async fn encrypt(
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
-        check_version(&request.get_ref().version)?;
-        within_deadline(request.metadata(), async {
-            let sealed = self
-                .plugin
-                .envelope
-                .seal(&request.get_ref().plain)
-                .await
-                .map_err(|e| to_status(&e))?;
-            if sealed.ciphertext.len() > MAX_CIPHERTEXT {
-                return Err(to_status(&Error::TooLong {
-                    len: sealed.ciphertext.len(),
-                    limit: MAX_CIPHERTEXT,
-                    api: API_VERSION,
-                }));
-            }
-            Ok(Response::new(EncryptResponse {
-                cipher: sealed.ciphertext,
-            }))
+        observed(&self.plugin, Api::V1, "Encrypt", async {
+            check_version(&request.get_ref().version)?;
+            within_deadline(request.metadata(), async {
+                let sealed = self
+                    .plugin
+                    .envelope
+                    .seal(&request.get_ref().plain)
+                    .await
+                    .map_err(|e| to_status(&e))?;
+                if sealed.ciphertext.len() > MAX_CIPHERTEXT {
+                    return Err(to_status(&Error::TooLong {
+                        len: sealed.ciphertext.len(),
+                        limit: MAX_CIPHERTEXT,
+                        api: API_VERSION,
+                    }));
+                }
+                Ok(Response::new(EncryptResponse {
+                    cipher: sealed.ciphertext,
+                }))
+            })
+            .await
         })
         .await
     }
@@ -84,17 +91,20 @@ impl KeyManagementService for V1 {
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
-        check_version(&request.get_ref().version)?;
-        within_deadline(request.metadata(), async {
-            let plain = self
-                .plugin
-                .envelope
-                .open(&request.get_ref().cipher)
-                .await
-                .map_err(|e| to_status(&e))?;
-            Ok(Response::new(DecryptResponse {
-                plain: plain.to_vec(),
-            }))
+        observed(&self.plugin, Api::V1, "Decrypt", async {
+            check_version(&request.get_ref().version)?;
+            within_deadline(request.metadata(), async {
+                let plain = self
+                    .plugin
+                    .envelope
+                    .open(&request.get_ref().cipher)
+                    .await
+                    .map_err(|e| to_status(&e))?;
+                Ok(Response::new(DecryptResponse {
+                    plain: plain.to_vec(),
+                }))
+            })
+            .await
         })
         .await
     }

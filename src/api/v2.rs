@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::status::to_status;
-use super::within_deadline;
+use super::{observed, within_deadline};
 use crate::error::Error;
+use crate::metrics::Api;
 use crate::plugin::Plugin;
 use crate::proto::v2::key_management_service_server::KeyManagementService;
 use crate::proto::v2::{
@@ -32,42 +33,48 @@ impl KeyManagementService for V2 {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let healthz = match self.plugin.health.status(self.plugin.envelope.datakeys()) {
-            Ok(()) => "ok".to_string(),
-            Err(reason) => reason,
-        };
-        Ok(Response::new(StatusResponse {
-            version: self.plugin.api_settings().kms_v2_version.clone(),
-            healthz,
-            key_id: self.plugin.envelope.primary_kek_id(),
-        }))
+        observed(&self.plugin, Api::V2, "Status", async {
+            let healthz = match self.plugin.health.status(self.plugin.envelope.datakeys()) {
+                Ok(()) => "ok".to_string(),
+                Err(reason) => reason,
+            };
+            Ok(Response::new(StatusResponse {
+                version: self.plugin.api_settings().kms_v2_version.clone(),
+                healthz,
+                key_id: self.plugin.envelope.primary_kek_id(),
+            }))
+        })
+        .await
     }
 
     async fn encrypt(
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
-        within_deadline(request.metadata(), async {
-            let sealed = self
-                .plugin
-                .envelope
-                .seal(&request.get_ref().plaintext)
-                .await
-                .map_err(|e| to_status(&e))?;
-            if sealed.ciphertext.len() > MAX_CIPHERTEXT {
-                return Err(to_status(&Error::TooLong {
-                    len: sealed.ciphertext.len(),
-                    limit: MAX_CIPHERTEXT,
-                    api: "v2",
-                }));
-            }
-            Ok(Response::new(EncryptResponse {
-                ciphertext: sealed.ciphertext,
-                // The KEK that actually wrapped this data key: equal to Status.key_id except while sealing
-                // falls back to an older key during a provider outage, when it tells the truth.
-                key_id: sealed.kek_id.to_string(),
-                annotations: Default::default(),
-            }))
+        observed(&self.plugin, Api::V2, "Encrypt", async {
+            within_deadline(request.metadata(), async {
+                let sealed = self
+                    .plugin
+                    .envelope
+                    .seal(&request.get_ref().plaintext)
+                    .await
+                    .map_err(|e| to_status(&e))?;
+                if sealed.ciphertext.len() > MAX_CIPHERTEXT {
+                    return Err(to_status(&Error::TooLong {
+                        len: sealed.ciphertext.len(),
+                        limit: MAX_CIPHERTEXT,
+                        api: "v2",
+                    }));
+                }
+                Ok(Response::new(EncryptResponse {
+                    ciphertext: sealed.ciphertext,
+                    // The KEK that actually wrapped this data key: equal to Status.key_id except while sealing
+                    // falls back to an older key during a provider outage, when it tells the truth.
+                    key_id: sealed.kek_id.to_string(),
+                    annotations: Default::default(),
+                }))
+            })
+            .await
         })
         .await
     }
@@ -76,17 +83,20 @@ impl KeyManagementService for V2 {
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
-        // The request's key_id is advisory: the header names the KEK, and that is authenticated.
-        within_deadline(request.metadata(), async {
-            let plain = self
-                .plugin
-                .envelope
-                .open(&request.get_ref().ciphertext)
-                .await
-                .map_err(|e| to_status(&e))?;
-            Ok(Response::new(DecryptResponse {
-                plaintext: plain.to_vec(),
-            }))
+        observed(&self.plugin, Api::V2, "Decrypt", async {
+            // The request's key_id is advisory: the header names the KEK, and that is authenticated.
+            within_deadline(request.metadata(), async {
+                let plain = self
+                    .plugin
+                    .envelope
+                    .open(&request.get_ref().ciphertext)
+                    .await
+                    .map_err(|e| to_status(&e))?;
+                Ok(Response::new(DecryptResponse {
+                    plaintext: plain.to_vec(),
+                }))
+            })
+            .await
         })
         .await
     }

@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use loona_hpack::Decoder;
 use loona_hpack::encoder::encode_integer_into;
 
+use super::unhuffman::unhuffman;
+
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length of a frame header (RFC 9113 §4.1).
@@ -73,6 +75,8 @@ pub(super) struct Rewriter {
     stream_id: u32,
     end_stream: bool,
     priority: Option<[u8; 5]>,
+    /// Scratch for the header block with its Huffman-coded strings decoded.
+    plain: Vec<u8>,
     /// Scratch for the re-encoded header block.
     encoded: Vec<u8>,
     /// Frames waiting to be forwarded, from `staged_pos` on.
@@ -93,6 +97,7 @@ impl Rewriter {
             stream_id: 0,
             end_stream: false,
             priority: None,
+            plain: Vec::new(),
             encoded: Vec::new(),
             staged: Vec::new(),
             staged_pos: 0,
@@ -290,8 +295,14 @@ impl Rewriter {
             decoder,
             encoded,
             rewritten,
+            plain,
             ..
         } = self;
+        let block: &[u8] = if unhuffman(block, plain)? {
+            plain
+        } else {
+            block
+        };
         encoded.clear();
         let mut too_large = false;
         let mut write_error = None;

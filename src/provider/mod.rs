@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use zeroize::Zeroizing;
 
 use crate::config::KeySpec;
 use crate::secret::DataKey;
 
 pub mod jdcloud;
+pub mod metered;
 pub mod sm2;
 
 /// Why a provider could not do what was asked. The gRPC edge maps each kind to one status code
@@ -50,6 +52,29 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
 
     /// A one-line description of the key's state for `check` (a remote provider asks its service).
     async fn describe(&self) -> Result<String, ProviderError>;
+
+    /// How often the background health round trip may use this key. A remote provider bills and
+    /// rate-limits calls, so it is probed less often than a local key.
+    fn probe_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(10)
+    }
+
+    /// Whether this key also reads ciphertexts in the legacy form (DESIGN §2: what JD Cloud's own plugin
+    /// wrote, no header). Off unless a provider knows that form and its config turns it on.
+    fn legacy_reads(&self) -> bool {
+        false
+    }
+
+    /// Opens a legacy-form ciphertext: `blob` is the whole ciphertext as kube-apiserver stored it. The
+    /// result is the payload itself (kube-apiserver's DEK, any length), never empty. A provider without a
+    /// legacy form refuses without any remote call.
+    async fn open_legacy(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+        let _ = blob;
+        Err(ProviderError::InvalidWrappedKey(format!(
+            "{} keys do not read legacy ciphertexts",
+            self.kind()
+        )))
+    }
 }
 
 /// Builds the provider a key entry of the configuration asks for.

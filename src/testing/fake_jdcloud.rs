@@ -44,6 +44,10 @@ pub const FAKE_KEY_ID: &str = "5c8a3f2e-6b1d-4e9f-8a7c-2d4b6e8f0a1c";
 const MASTER_KEY: [u8; 16] = *b"fake-jdcloud-kms";
 /// Blob format version byte.
 const BLOB_VERSION: u8 = 0x01;
+/// A second version byte the fake opens like the first: `G`, so that a test can make a blob whose bytes
+/// begin with `GMK` ([`FakeJdCloud::legacy_ciphertext_with_prefix`]). Real JD Cloud blobs are opaque and
+/// may begin with anything.
+const BLOB_VERSION_G: u8 = b'G';
 /// How far a request's `x-jdcloud-date` may be from the fake's clock.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 /// Largest request body read.
@@ -359,6 +363,21 @@ impl FakeJdCloud {
     pub fn legacy_ciphertext(&self, payload: &[u8]) -> Vec<u8> {
         self.state.seal(&self.first_key(), payload)
     }
+
+    /// [`FakeJdCloud::legacy_ciphertext`], but the raw bytes begin with `prefix` (1 to 13 bytes, the first
+    /// `G`, e.g. `GMK\x01\x01`: a legacy blob that looks like our format 1). Panics on another prefix.
+    pub fn legacy_ciphertext_with_prefix(&self, payload: &[u8], prefix: &[u8]) -> Vec<u8> {
+        let (&version, rest) = prefix.split_first().expect("a prefix");
+        assert!(
+            version == BLOB_VERSION_G && rest.len() <= NONCE_LEN,
+            "the prefix must be G and at most {NONCE_LEN} more bytes"
+        );
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("OS random numbers");
+        nonce[..rest.len()].copy_from_slice(rest);
+        self.state
+            .seal_blob(version, nonce, &self.first_key(), payload)
+    }
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
@@ -474,8 +493,18 @@ impl State {
     fn seal(&self, key_id: &str, plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("OS random numbers");
+        self.seal_blob(BLOB_VERSION, nonce, key_id, plaintext)
+    }
+
+    fn seal_blob(
+        &self,
+        version: u8,
+        nonce: [u8; NONCE_LEN],
+        key_id: &str,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + 16);
-        out.push(BLOB_VERSION);
+        out.push(version);
         out.extend_from_slice(&nonce);
         self.master
             .seal_append(&nonce, key_id.as_bytes(), plaintext, &mut out)
@@ -485,7 +514,7 @@ impl State {
 
     fn open(&self, key_id: &str, blob: &[u8]) -> Option<Vec<u8>> {
         let (&version, rest) = blob.split_first()?;
-        if version != BLOB_VERSION || rest.len() < NONCE_LEN {
+        if ![BLOB_VERSION, BLOB_VERSION_G].contains(&version) || rest.len() < NONCE_LEN {
             return None;
         }
         let (nonce, sealed) = rest.split_at(NONCE_LEN);

@@ -12,3 +12,4 @@ mod cli;
 mod golden;
 mod grpc;
 mod interop;
+mod jdcloud;

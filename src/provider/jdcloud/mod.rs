@@ -316,9 +316,37 @@ impl KeyProvider for JdCloudProvider {
 
     async fn describe(&self) -> Result<String, ProviderError> {
         let state = self.key_state().await?;
-        Ok(format!("jdcloud key {}: {state}", self.key_id))
+        let line = format!("jdcloud key {}: {state}", self.key_id);
+        match state {
+            KeyState::Enabled => Ok(line),
+            // A key that cannot seal is a failed check, not a description.
+            _ => Err(ProviderError::Refused(line)),
+        }
+    }
+
+    fn probe_interval(&self) -> std::time::Duration {
+        REMOTE_PROBE_INTERVAL
+    }
+
+    fn legacy_reads(&self) -> bool {
+        self.legacy_ciphertexts
+    }
+
+    /// JD Cloud's plugin stored the base64-decoded `ciphertextBlob`; KMS Decrypt wants it encoded again.
+    async fn open_legacy(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+        if !self.legacy_ciphertexts {
+            return Err(ProviderError::InvalidWrappedKey(format!(
+                "key {} does not read legacy ciphertexts (LegacyCiphertexts is off)",
+                self.key_id
+            )));
+        }
+        self.decrypt_legacy(&wire::b64_encode(blob)).await
     }
 }
+
+/// JD Cloud bills and rate-limits calls: the health round trip (two calls) runs once a minute, the rate
+/// at which kube-apiserver polls v2 Status.
+const REMOTE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests;

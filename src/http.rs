@@ -1,0 +1,300 @@
+//! The HTTP side listener on `HealthAddr` (DESIGN §1, §5, §7): `GET /livez`, `GET /healthz`,
+//! `GET /metrics`.
+//!
+//! - `/livez`: 200 `ok` while the process serves. It depends on nothing remote: restarting the plugin
+//!   cannot fix a KMS outage, so liveness must not fail on one.
+//! - `/healthz`: 200 `ok` when the last background seal/open round trip through the primary key worked
+//!   ([`crate::health`], refreshed by the prober, never a remote call made here), else 503 and the reason
+//!   on one line. The same answer as KMS v2 `Status.healthz`.
+//! - `/metrics`: [`crate::metrics::render`], OpenMetrics text when the client asks for it, else the
+//!   Prometheus text format 0.0.4.
+//! - Anything else: 404; a method other than GET or HEAD on these paths: 405.
+//!
+//! It is a side door: if the address cannot be bound the error is logged loudly and binding is retried in
+//! the background, while the KMS socket serves as usual. A busy port must never keep Secrets unreadable.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::metrics::{self, Format};
+use crate::plugin::Plugin;
+
+/// Pause between attempts to bind a busy or unavailable address.
+pub const BIND_RETRY: Duration = Duration::from_secs(3);
+/// While binding keeps failing, the error is logged again this often (every attempt is retried).
+const BIND_LOG_EVERY: u32 = 20;
+/// Connections served at once; more are closed at once (the listener is for local probes and scrapes).
+const MAX_CONNECTIONS: usize = 64;
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr` (retrying in the background until it can) and serves until the handle is aborted.
+/// Aborting also closes every open connection.
+pub fn spawn(plugin: Arc<Plugin>, addr: SocketAddr) -> JoinHandle<()> {
+    tokio::spawn(run(plugin, addr))
+}
+
+async fn bind(addr: SocketAddr) -> TcpListener {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                if attempt > 1 {
+                    tracing::info!(%addr, attempt, "health listener: bound after retrying");
+                }
+                return l;
+            }
+            Err(e) => {
+                if attempt == 1 || attempt.is_multiple_of(BIND_LOG_EVERY) {
+                    tracing::error!(
+                        %addr,
+                        error = %e,
+                        attempt,
+                        retry_s = BIND_RETRY.as_secs(),
+                        "health listener: cannot bind HealthAddr; /livez /healthz /metrics are down \
+                         (the KMS socket keeps serving); retrying"
+                    );
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn run(plugin: Arc<Plugin>, addr: SocketAddr) {
+    let listener = bind(addr).await;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        addr = %local,
+        "health listener serving http://{local}/livez /healthz /metrics"
+    );
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(error = %e, "health listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNECTIONS {
+            drop(stream);
+            continue;
+        }
+        let plugin = plugin.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let resp = respond(&plugin, req.method(), req.uri().path(), accept);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The answer to one request (hyper leaves the body out for HEAD).
+pub fn respond(
+    plugin: &Plugin,
+    method: &Method,
+    path: &str,
+    accept: Option<&str>,
+) -> Response<Full<Bytes>> {
+    if !matches!(path, "/livez" | "/healthz" | "/metrics") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: try /livez, /healthz or /metrics",
+        );
+    }
+    if *method != Method::GET && *method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/livez" => text(StatusCode::OK, "ok"),
+        "/healthz" => match plugin.health.status(plugin.envelope.datakeys()) {
+            Ok(()) => text(StatusCode::OK, "ok"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &one_line(&reason)),
+        },
+        _ => {
+            let format = Format::negotiate(accept);
+            body(
+                StatusCode::OK,
+                format.content_type(),
+                metrics::render(plugin, format),
+            )
+        }
+    }
+}
+
+/// Collapses a multi-line reason into one line.
+fn one_line(s: &str) -> String {
+    let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        "unhealthy".into()
+    } else {
+        line
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    body(status, "text/plain; charset=utf-8", msg.to_string())
+}
+
+fn body(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn plugin() -> (tempfile::TempDir, Arc<Plugin>) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-sm2-key.pem"),
+            &key,
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("config.json");
+        let text = serde_json::json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}).to_string();
+        let config = crate::config::Config::parse(&text, &path).unwrap();
+        (dir, Plugin::load(config).unwrap())
+    }
+
+    async fn get(
+        p: &Plugin,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> (StatusCode, String, String) {
+        let r = respond(p, &method, path, accept);
+        let status = r.status();
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn endpoints() {
+        let (_dir, p) = plugin();
+        assert_eq!(get(&p, Method::GET, "/livez", None).await.0, StatusCode::OK);
+        // Before the first background round trip: not ready, with the reason.
+        let (s, _, body) = get(&p, Method::GET, "/healthz", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
+        p.health.probe(p.envelope.datakeys()).await.unwrap();
+        let (s, _, body) = get(&p, Method::GET, "/healthz", None).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "ok"));
+
+        let (s, ct, body) = get(&p, Method::GET, "/metrics", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(ct, metrics::PROMETHEUS_CONTENT_TYPE);
+        assert!(
+            body.contains("# TYPE gm_kms_reloads_total counter"),
+            "{body}"
+        );
+        assert!(body.contains("gm_kms_healthy 1"), "{body}");
+        assert!(
+            body.contains("gm_kms_primary_key_info{key_id=\"sm2-"),
+            "{body}"
+        );
+        let (_, ct, body) = get(
+            &p,
+            Method::GET,
+            "/metrics",
+            Some("application/openmetrics-text; version=1.0.0"),
+        )
+        .await;
+        assert_eq!(ct, metrics::OPENMETRICS_CONTENT_TYPE);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert!(body.contains("# TYPE gm_kms_reloads counter"), "{body}");
+
+        assert_eq!(
+            get(&p, Method::GET, "/nope", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&p, Method::POST, "/healthz", None).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            get(&p, Method::HEAD, "/livez", None).await.0,
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn reasons_are_one_line() {
+        assert_eq!(one_line("a\nb\r\n  c"), "a b c");
+        assert_eq!(one_line(" \n"), "unhealthy");
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp_and_stops_when_aborted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_dir, p) = plugin();
+        // Find a free port, release it, let the listener take it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let h = spawn(p, addr);
+        let mut resp = String::new();
+        for _ in 0..500 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                s.read_to_string(&mut resp).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.ends_with("\r\n\r\nok"), "{resp}");
+        h.abort();
+        let _ = h.await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}

@@ -1,0 +1,559 @@
+//! Prometheus metrics, served on `/metrics` by the HTTP side listener ([`crate::http`]).
+//!
+//! No global registry: one [`Metrics`] is owned by the [`Plugin`] and lives as long as it does.
+//! - What happens on a call is counted where it happens: gRPC requests by the API layer
+//!   ([`Metrics::request`]), key-provider calls by the [`crate::provider::metered::Metered`] decorator that
+//!   the keyring puts around every provider ([`ProviderMetrics`]), reloads by [`Plugin::reload`].
+//! - What the plugin *is* (data-key counters and cache, degraded and health flags, the primary key) is read
+//!   from its state at scrape time ([`render`]), never duplicated in a second set of counters.
+//!
+//! Every name starts with `gm_kms_`; counters end in `_total`, durations are histograms in seconds.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tonic::Code;
+
+use crate::plugin::Plugin;
+use crate::provider::ProviderError;
+
+/// Every metric name starts with this (and `_`).
+pub const PREFIX: &str = "gm_kms";
+
+/// `Content-Type` of the OpenMetrics text exposition (what Prometheus asks for first).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text exposition 0.0.4 (what plain HTTP clients get).
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Latency bucket bounds in seconds, 10 µs to 10 s: an SM2 unwrap or a cached-key open takes tens of
+/// microseconds, a remote KMS call milliseconds, a timed-out one seconds.
+const LATENCY_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
+    Family::new_with_constructor(latency_histogram as fn() -> Histogram)
+}
+
+/// Which text format `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (ends with `# EOF`).
+    OpenMetrics,
+    /// Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header asks for it (as Prometheus does), else the classic text format.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The KMS API a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V1,
+    V2,
+}
+
+impl Api {
+    fn label(self) -> &'static str {
+        match self {
+            Api::V1 => "v1",
+            Api::V2 => "v2",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    api: &'static str,
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    api: &'static str,
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderCallLabels {
+    provider: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderOpLabels {
+    provider: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// A gRPC code as grpc-go spells it (`OK`, `InvalidArgument`, …): the label value other gRPC exporters
+/// use, so dashboards and alerts carry over.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The `outcome` label of a provider call.
+pub fn outcome_label<T>(r: &Result<T, ProviderError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(ProviderError::Unavailable(_)) => "unavailable",
+        Err(ProviderError::Refused(_)) => "refused",
+        Err(ProviderError::PermissionDenied(_)) => "permission_denied",
+        Err(ProviderError::InvalidWrappedKey(_)) => "invalid_wrapped_key",
+        Err(ProviderError::Config(_)) => "config",
+    }
+}
+
+/// Key-provider call metrics; cheap to clone (the families are shared), so each metered provider holds one.
+#[derive(Debug, Clone)]
+pub struct ProviderMetrics {
+    calls: Family<ProviderCallLabels, Counter>,
+    duration: HistogramFamily<ProviderOpLabels>,
+}
+
+impl ProviderMetrics {
+    fn new() -> Self {
+        Self {
+            calls: Family::default(),
+            duration: histogram_family(),
+        }
+    }
+
+    /// Records one call: `provider` is [`crate::provider::KeyProvider::kind`], `operation` `wrap` or
+    /// `unwrap`, `outcome` from [`outcome_label`].
+    pub fn observe(
+        &self,
+        provider: &'static str,
+        operation: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        self.calls
+            .get_or_create(&ProviderCallLabels {
+                provider,
+                operation,
+                outcome,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&ProviderOpLabels {
+                provider,
+                operation,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The plugin's metrics. Created with the plugin; see the module doc for what is counted where.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<MethodLabels>,
+    provider: ProviderMetrics,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "KMS gRPC requests handled, by API (v1 = v1beta1, v2), method and gRPC status code",
+            requests.clone(),
+        );
+        let request_duration = histogram_family();
+        registry.register_with_unit(
+            "request_duration",
+            "Time to handle a KMS gRPC request, by API and method",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let provider = ProviderMetrics::new();
+        registry.register(
+            "provider_calls",
+            "Key-provider calls (wrap or unwrap a data key), by provider, operation and outcome",
+            provider.calls.clone(),
+        );
+        registry.register_with_unit(
+            "provider_call_duration",
+            "Time of a key-provider call, by provider and operation",
+            Unit::Seconds,
+            provider.duration.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        // Both series exist from the start, so an alert on failures has a zero to compare with.
+        for result in ["success", "failure"] {
+            reloads.get_or_create(&ReloadLabels { result }).inc_by(0);
+        }
+        registry.register(
+            "reloads",
+            "Configuration reloads (SIGHUP), by result; a failed reload leaves the running config in force",
+            reloads.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new([("version", crate::RUNTIME_VERSION)]),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            provider,
+            reloads,
+        }
+    }
+
+    /// The registry of the counters and histograms (without the state read at scrape time).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The handle the keyring gives each metered provider.
+    pub fn provider(&self) -> &ProviderMetrics {
+        &self.provider
+    }
+
+    /// Starts timing one gRPC request; [`RequestTimer::finish`] records it. A request whose future is
+    /// dropped before it finishes (the client went away) is recorded as `Canceled`.
+    pub fn request(&self, api: Api, method: &'static str) -> RequestTimer<'_> {
+        RequestTimer {
+            metrics: self,
+            api,
+            method,
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn record_request(&self, api: Api, method: &'static str, code: Code, elapsed: Duration) {
+        let api = api.label();
+        self.requests
+            .get_or_create(&RequestLabels {
+                api,
+                method,
+                code: code_label(code),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&MethodLabels { api, method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one reload attempt.
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+}
+
+/// Times one request; see [`Metrics::request`].
+pub struct RequestTimer<'a> {
+    metrics: &'a Metrics,
+    api: Api,
+    method: &'static str,
+    start: Instant,
+    done: bool,
+}
+
+impl RequestTimer<'_> {
+    pub fn finish(mut self, code: Code) {
+        self.done = true;
+        self.metrics
+            .record_request(self.api, self.method, code, self.start.elapsed());
+    }
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.record_request(
+                self.api,
+                self.method,
+                Code::Cancelled,
+                self.start.elapsed(),
+            );
+        }
+    }
+}
+
+/// The plugin's state at scrape time, encoded by [`render`].
+#[derive(Debug)]
+struct StateSnapshot {
+    rotations: u64,
+    wrap_failures: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    unwraps: u64,
+    unwrap_failures: u64,
+    legacy_reads: u64,
+    cache_size: usize,
+    current_uses: u64,
+    degraded: bool,
+    healthy: bool,
+    primary_key_id: String,
+    primary_provider: &'static str,
+    keys: usize,
+}
+
+impl StateSnapshot {
+    fn of(plugin: &Plugin) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dks = plugin.envelope.datakeys();
+        let stats = &dks.stats;
+        let state = dks.state();
+        let primary = state.keyring.primary();
+        Self {
+            rotations: stats.rotations.load(Relaxed),
+            wrap_failures: stats.wrap_failures.load(Relaxed),
+            cache_hits: stats.cache_hits.load(Relaxed),
+            cache_misses: stats.cache_misses.load(Relaxed),
+            unwraps: stats.unwraps.load(Relaxed),
+            unwrap_failures: stats.unwrap_failures.load(Relaxed),
+            legacy_reads: stats.legacy_reads.load(Relaxed),
+            cache_size: dks.cache_len(),
+            current_uses: dks.peek_current().map_or(0, |c| c.uses()),
+            degraded: dks.degraded(),
+            healthy: plugin.health.status(dks).is_ok(),
+            primary_key_id: primary.kek_id().to_string(),
+            primary_provider: primary.kind(),
+            keys: state.keyring.ids().len(),
+        }
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    // Help text ends with a period, as the registry writes it for registered metrics.
+    c.encode(e.encode_descriptor(name, &format!("{help}."), None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, &format!("{help}."), None, g.metric_type())?)
+}
+
+impl Collector for StateSnapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut e;
+        counter(
+            e,
+            "data_key_rotations",
+            "New data keys made and wrapped by the primary key (policy, age or primary-key change)",
+            self.rotations,
+        )?;
+        counter(
+            e,
+            "data_key_wrap_failures",
+            "Failed attempts to wrap a new data key (the current one keeps sealing meanwhile)",
+            self.wrap_failures,
+        )?;
+        counter(
+            e,
+            "data_key_cache_hits",
+            "Decrypts whose data key was already unwrapped in the cache",
+            self.cache_hits,
+        )?;
+        counter(
+            e,
+            "data_key_cache_misses",
+            "Decrypts whose data key had to be unwrapped by its key provider",
+            self.cache_misses,
+        )?;
+        counter(
+            e,
+            "data_key_unwraps",
+            "Provider unwrap calls made for the cache (concurrent misses for one key share one call)",
+            self.unwraps,
+        )?;
+        counter(
+            e,
+            "data_key_unwrap_failures",
+            "Provider unwrap calls for the cache that failed",
+            self.unwrap_failures,
+        )?;
+        counter(
+            e,
+            "legacy_reads",
+            "Decrypts answered from a legacy ciphertext of JD Cloud's plugin (storage migration pending while this grows)",
+            self.legacy_reads,
+        )?;
+        gauge(
+            e,
+            "data_key_cache_size",
+            "Unwrapped data keys held in the cache",
+            self.cache_size as i64,
+        )?;
+        gauge(
+            e,
+            "data_key_current_uses",
+            "Messages sealed so far with the current data key (0 before the first Encrypt)",
+            self.current_uses.min(i64::MAX as u64) as i64,
+        )?;
+        gauge(
+            e,
+            "degraded",
+            "1 while sealing continues on a data key past its policy because the provider cannot wrap a new one",
+            i64::from(self.degraded),
+        )?;
+        gauge(
+            e,
+            "healthy",
+            "1 when the last background seal/open round trip through the primary key succeeded (what /healthz answers)",
+            i64::from(self.healthy),
+        )?;
+        gauge(
+            e,
+            "keys",
+            "Key-encryption keys in the keyring (the primary and PreviousKeys)",
+            self.keys as i64,
+        )?;
+        let info = Info::new(vec![
+            ("key_id".to_string(), self.primary_key_id.clone()),
+            ("provider".to_string(), self.primary_provider.to_string()),
+        ]);
+        info.encode(e.encode_descriptor(
+            "primary_key",
+            "The primary key-encryption key: new data keys are wrapped by it, v2 Status reports its id.",
+            None,
+            info.metric_type(),
+        )?)
+    }
+}
+
+/// The `/metrics` text: the counters and histograms above, then the plugin's state read now.
+pub fn render(plugin: &Plugin, format: Format) -> String {
+    let mut state = Registry::with_prefix(PREFIX);
+    state.register_collector(Box::new(StateSnapshot::of(plugin)));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail; an encoder error would be a bug in a metric, and a scrape should
+    // still return what was encoded.
+    let _ = match format {
+        Format::OpenMetrics => {
+            use prometheus_client::encoding::text;
+            text::encode_registry(&mut out, plugin.metrics.registry())
+                .and_then(|()| text::encode_registry(&mut out, &state))
+                .and_then(|()| text::encode_eof(&mut out))
+        }
+        Format::Prometheus => {
+            use prometheus_client::encoding::prometheus_text::encode;
+            encode(&mut out, plugin.metrics.registry()).and_then(|()| encode(&mut out, &state))
+        }
+    };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_labels_match_grpc_go() {
+        assert_eq!(code_label(Code::Ok), "OK");
+        assert_eq!(code_label(Code::Cancelled), "Canceled");
+        assert_eq!(code_label(Code::InvalidArgument), "InvalidArgument");
+    }
+
+    #[test]
+    fn format_negotiation() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+    }
+
+    #[test]
+    fn request_timer_counts_finished_and_dropped_requests() {
+        let m = Metrics::new();
+        m.request(Api::V2, "Encrypt").finish(Code::Ok);
+        m.request(Api::V2, "Encrypt").finish(Code::Ok);
+        drop(m.request(Api::V1, "Decrypt"));
+        let ok = RequestLabels {
+            api: "v2",
+            method: "Encrypt",
+            code: "OK",
+        };
+        assert_eq!(m.requests.get_or_create(&ok).get(), 2);
+        let canceled = RequestLabels {
+            api: "v1",
+            method: "Decrypt",
+            code: "Canceled",
+        };
+        assert_eq!(m.requests.get_or_create(&canceled).get(), 1);
+        m.record_reload(false);
+        assert_eq!(
+            m.reloads
+                .get_or_create(&ReloadLabels { result: "failure" })
+                .get(),
+            1
+        );
+    }
+}
