@@ -1295,7 +1295,18 @@ mod bench {
 
     /// Unary Encrypt calls (1 KiB payload, a fresh grpc-timeout each call as grpc-go sends) from
     /// `concurrency` tasks over one channel for `secs`; returns calls per second.
-    async fn measure(path: &std::path::Path, concurrency: usize, secs: f64) -> f64 {
+    /// This process's user + system CPU time in clock ticks (Linux `/proc/self/stat`).
+    fn cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Calls per second, and CPU ticks (whole process: client and server) per call.
+    async fn measure(path: &std::path::Path, concurrency: usize, secs: f64) -> (f64, f64) {
+        let ticks = cpu_ticks();
         let channel = tonic::transport::Endpoint::from_shared(format!("unix:{}", path.display()))
             .unwrap()
             .connect()
@@ -1323,7 +1334,8 @@ mod bench {
         for t in tasks {
             total += t.await.unwrap();
         }
-        total as f64 / secs
+        let ticks = cpu_ticks() - ticks;
+        (total as f64 / secs, ticks as f64 / total as f64)
     }
 
     /// A connection that records every byte the client sent.
@@ -1450,16 +1462,24 @@ mod bench {
             // Warm up, then interleave short rounds so that other load on the machine hits both.
             measure(&plain, concurrency, 0.5).await;
             measure(&adapted, concurrency, 0.5).await;
-            let mut with = Vec::new();
-            let mut without = Vec::new();
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            let (mut with_cpu, mut without_cpu) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
-                without.push(measure(&plain, concurrency, secs).await);
-                with.push(measure(&adapted, concurrency, secs).await);
+                let (rate, cpu) = measure(&plain, concurrency, secs).await;
+                without.push(rate);
+                without_cpu.push(cpu);
+                let (rate, cpu) = measure(&adapted, concurrency, secs).await;
+                with.push(rate);
+                with_cpu.push(cpu);
             }
             let (w, wo) = (median(with), median(without));
+            // Clock ticks are 10 ms on Linux; in µs per call.
+            let tick_us = 1e6 / 100.0;
+            let (wc, woc) = (median(with_cpu) * tick_us, median(without_cpu) * tick_us);
             println!(
-                "concurrency {concurrency:>2}: without adapter {wo:>8.0} calls/s, with adapter {w:>8.0} calls/s ({:+.1}%), medians of {rounds} interleaved {secs} s rounds",
-                (w / wo - 1.0) * 100.0
+                "concurrency {concurrency:>2}: without adapter {wo:>6.0} calls/s {woc:>5.1} µs CPU/call, with adapter {w:>6.0} calls/s {wc:>5.1} µs CPU/call ({:+.1}% calls/s, {:+.1}% CPU/call; medians of {rounds} interleaved {secs} s rounds)",
+                (w / wo - 1.0) * 100.0,
+                (wc / woc - 1.0) * 100.0
             );
         }
     }
