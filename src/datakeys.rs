@@ -52,6 +52,10 @@ const LEGACY_LOG_EVERY: Duration = Duration::from_secs(60);
 type CacheKey = [u8; 32];
 /// A legacy payload, zeroized when the cache and the last reader let go of it.
 type LegacyPlain = Arc<Zeroizing<Vec<u8>>>;
+/// One call's result, shared by every caller waiting on it.
+type Shared<V> = Arc<OnceCell<Result<V, Error>>>;
+/// The calls in flight, by cache key.
+type Calls<V> = Mutex<HashMap<CacheKey, Shared<V>>>;
 
 /// Locks a mutex, shrugging off poisoning: every critical section here leaves the data consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -434,7 +438,7 @@ impl DataKeys {
 /// At most one provider call per cache key at a time (single-flight): callers that miss the cache while a
 /// call for the same key is under way wait for its result instead of making their own.
 struct SingleFlight<V> {
-    calls: Mutex<HashMap<CacheKey, Arc<OnceCell<Result<V, Error>>>>>,
+    calls: Calls<V>,
 }
 
 impl<V> Default for SingleFlight<V> {
@@ -478,9 +482,9 @@ impl<V: Clone> SingleFlight<V> {
 /// Removes a finished (or abandoned) single-flight entry, so errors are not remembered and the table
 /// cannot grow with cancelled calls.
 struct Leave<'a, V> {
-    calls: &'a Mutex<HashMap<CacheKey, Arc<OnceCell<Result<V, Error>>>>>,
+    calls: &'a Calls<V>,
     key: CacheKey,
-    cell: Arc<OnceCell<Result<V, Error>>>,
+    cell: Shared<V>,
 }
 
 impl<V> Drop for Leave<'_, V> {

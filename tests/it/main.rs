@@ -13,3 +13,5 @@ mod golden;
 mod grpc;
 mod interop;
 mod jdcloud;
+mod legacy;
+mod ops;

@@ -71,9 +71,13 @@ async fn describe_reports_the_key_state() {
     );
     fake.set_key_status(FAKE_KEY_ID, 1);
     assert_eq!(p.key_state().await.unwrap(), KeyState::Disabled);
-    assert_eq!(
-        p.describe().await.unwrap(),
-        format!("jdcloud key {FAKE_KEY_ID}: disabled")
+    // A key that cannot seal fails `check`: describe reports it as a refusal, naming the state.
+    let e = p.describe().await.unwrap_err();
+    assert_eq!(kind(&e), "Refused");
+    assert!(
+        e.to_string()
+            .contains(&format!("jdcloud key {FAKE_KEY_ID}: disabled")),
+        "{e}"
     );
     fake.set_key_status(FAKE_KEY_ID, 2);
     assert_eq!(p.key_state().await.unwrap(), KeyState::PendingDeletion);
