@@ -51,3 +51,51 @@ fn format_1_golden_ciphertexts_decrypt() {
         std::fs::remove_file(&key).unwrap();
     }
 }
+
+/// Golden ciphertexts of the `jdcloud` provider: format 1 around a data key wrapped by the fake JD Cloud
+/// KMS (whose master key is fixed, as a real KMS key is). Regenerate only for a new format version:
+/// `GM_KMS_WRITE_GOLDEN=1 scripts/test.sh --test it golden::jdcloud` (then review the diff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdcloud_golden_ciphertexts_decrypt() {
+    use gm_kms_plugin::proto::v2;
+    use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
+
+    let fake = FakeJdCloud::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("jd.sock");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, fake.seed_config_json(socket.to_str().unwrap())).unwrap();
+    let _p = tokio::task::block_in_place(|| crate::support::plugin::Plugin::start(&config, &socket));
+    let mut c = crate::support::plugin::v2(&socket).await;
+    let path = repo().join("tests/golden/jdcloud.json");
+    if std::env::var_os("GM_KMS_WRITE_GOLDEN").is_some() {
+        let mut out = Vec::new();
+        for pt in [b"ping".to_vec(), (0u8..32).collect::<Vec<u8>>()] {
+            let ct = c
+                .encrypt(v2::EncryptRequest { plaintext: pt.clone(), uid: String::new() })
+                .await
+                .unwrap()
+                .into_inner()
+                .ciphertext;
+            out.push(json!({"key_id": fake.first_key(), "plaintext_hex": hex::encode(&pt), "ciphertext_hex": hex::encode(&ct)}));
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
+    }
+    let vectors: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(vectors.len() >= 2);
+    for v in vectors {
+        assert_eq!(v["key_id"], fake.first_key());
+        let ct = hex::decode(v["ciphertext_hex"].as_str().unwrap()).unwrap();
+        assert_eq!(&ct[..5], b"GMK\x01\x01");
+        let parsed = gm_kms_plugin::ciphertext::parse(&ct).unwrap();
+        assert_eq!(parsed.kek_id, format!("jdcloud-{}", fake.first_key()));
+        let pt = c
+            .decrypt(v2::DecryptRequest { ciphertext: ct, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
+        assert_eq!(hex::encode(pt), v["plaintext_hex"].as_str().unwrap());
+    }
+}

@@ -9,9 +9,11 @@ mod support {
 
 mod apiserver;
 mod cli;
+mod deploy;
 mod golden;
 mod grpc;
 mod interop;
 mod jdcloud;
 mod legacy;
 mod ops;
+mod process;
