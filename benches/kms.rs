@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_gm-kms-plugin");
+mod common;
+
+use common::{Proc, channel, sm2_config, start_plugin};
 
 /// How long each measured cell runs.
 struct Plan {
@@ -78,75 +80,6 @@ fn main() {
     println!("\nwrote target/bench/{name}");
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Processes under test
-
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn wait_ready(child: Child, socket: &Path) -> (Proc, Duration) {
-        let t = Instant::now();
-        let mut p = Proc { child };
-        loop {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return (p, t.elapsed());
-            }
-            if let Ok(Some(s)) = p.child.try_wait() {
-                panic!("server exited early: {s}");
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "server not ready");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// (current RSS, peak RSS) in KiB, from /proc.
-    fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_plugin(config: &Path, socket: &Path) -> (Proc, Duration) {
-    let child = Command::new(PLUGIN)
-        .arg("-f")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start plugin");
-    Proc::wait_ready(child, socket)
-}
-
 fn start_floor(socket: &Path, raw: bool) -> Proc {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.arg("--floor-server").arg(socket);
@@ -155,20 +88,6 @@ fn start_floor(socket: &Path, raw: bool) -> Proc {
     }
     let child = cmd.stdout(Stdio::null()).spawn().expect("start floor server");
     Proc::wait_ready(child, socket).0
-}
-
-fn sm2_config(dir: &Path, name: &str, max_uses: u64) -> (PathBuf, PathBuf) {
-    let key = dir.join("bench-key.pem");
-    if !key.exists() {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-sm2-key.pem"), &key).expect("key");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let socket = dir.join(format!("{name}.sock"));
-    let config = dir.join(format!("{name}.json"));
-    let c = json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": "", "DataKeyMaxUses": max_uses});
-    std::fs::write(&config, c.to_string()).expect("config");
-    (config, socket)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -245,19 +164,6 @@ fn floor_server(socket: &Path, raw: bool) {
 
 // ---------------------------------------------------------------------------------------------------
 // The client side
-
-async fn channel(socket: &Path) -> Channel {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect")
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Op {
