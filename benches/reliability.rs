@@ -45,13 +45,25 @@ fn main() {
         report.insert("soak".into(), rt.block_on(soak(n)));
     }
     if wanted("faults") {
-        let phase = if full { Duration::from_secs(3) } else { Duration::from_millis(300) };
+        let phase = if full {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(300)
+        };
         report.insert("faults".into(), rt.block_on(faults(phase)));
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("target/bench");
-    let name = if full { "reliability.json" } else { "reliability-smoke.json" };
-    std::fs::write(dir.join(name), serde_json::to_vec_pretty(&report).expect("json")).expect("write");
+    let name = if full {
+        "reliability.json"
+    } else {
+        "reliability-smoke.json"
+    };
+    std::fs::write(
+        dir.join(name),
+        serde_json::to_vec_pretty(&report).expect("json"),
+    )
+    .expect("write");
     println!("wrote target/bench/{name}");
     let failed = report.values().any(|v| v["ok"] == false);
     assert!(!failed, "a reliability run failed its bar; see above");
@@ -128,7 +140,10 @@ async fn soak(round_trips: u64) -> Value {
     let fds_end = fd_count(plugin.pid());
     let (rss_early, fds_early) = early.unwrap_or((rss_end, fds_end));
     let growth = (rss_end as f64 / rss_early.max(1) as f64 - 1.0) * 100.0;
-    let (errors, wrong) = (errors.load(Ordering::Relaxed), wrong.load(Ordering::Relaxed));
+    let (errors, wrong) = (
+        errors.load(Ordering::Relaxed),
+        wrong.load(Ordering::Relaxed),
+    );
     let ok = errors == 0 && wrong == 0 && growth < 10.0 && fds_end <= fds_early;
     println!(
         "soak: {round_trips} v2 Encrypt+Decrypt round trips at concurrency 64 in {secs:.1} s \
@@ -155,7 +170,9 @@ async fn faults(phase: Duration) -> Value {
     let fake = FakeJdCloud::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("jd.sock");
-    let mut config: Value = serde_json::from_str(&fake.seed_config_json(socket.to_str().expect("utf-8"))).expect("json");
+    let mut config: Value =
+        serde_json::from_str(&fake.seed_config_json(socket.to_str().expect("utf-8")))
+            .expect("json");
     config["HealthAddr"] = json!("");
     config["KmsTimeoutMs"] = json!(500);
     config["DataKeyMaxUses"] = json!(20);
@@ -186,7 +203,10 @@ async fn faults(phase: Duration) -> Value {
     ];
     let mut rows = Vec::new();
     let mut all_ok = true;
-    println!("\n{:<46} | {:>7} {:>7} {:>6} | {:>10}", "fault", "calls", "failed", "wrong", "recover ms");
+    println!(
+        "\n{:<46} | {:>7} {:>7} {:>6} | {:>10}",
+        "fault", "calls", "failed", "wrong", "recover ms"
+    );
     for (name, fault) in cases {
         let load = Arc::new(Load {
             calls: AtomicU64::new(0),
@@ -256,7 +276,9 @@ async fn faults(phase: Duration) -> Value {
                 Ok(_) => {
                     load.wrong.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) if e.code() == Code::InvalidArgument => panic!("{name}: valid ciphertext {j} refused: {e:?}"),
+                Err(e) if e.code() == Code::InvalidArgument => {
+                    panic!("{name}: valid ciphertext {j} refused: {e:?}")
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }

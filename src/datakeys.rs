@@ -166,6 +166,9 @@ impl DataKeys {
         }
         *self.state.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(KeyState { keyring, policy });
+        // A reload is the operator fixing things: try wrapping with the (maybe new) primary right away
+        // instead of waiting out the back-off of a failure under the old configuration.
+        *lock(&self.last_wrap_failure) = None;
     }
 
     /// True while sealing runs on a data key past its policy because a new one could not be wrapped.

@@ -106,9 +106,12 @@ async fn run(plugin: Arc<Plugin>, addr: SocketAddr) {
                 let resp = respond(&plugin, req.method(), req.uri().path(), accept);
                 async move { Ok::<_, Infallible>(resp) }
             });
+            // One request per connection: probes and scrapes are seconds apart, and no client can hold
+            // one of the few connection slots idle.
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

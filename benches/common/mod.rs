@@ -40,7 +40,8 @@ impl Proc {
 
     /// (current RSS, peak RSS) in KiB, from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -55,7 +56,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -80,16 +84,21 @@ pub fn start_plugin(config: &Path, socket: &Path) -> (Proc, Duration) {
     Proc::wait_ready(child, socket)
 }
 
-
 /// Open file descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn sm2_config(dir: &Path, name: &str, max_uses: u64) -> (PathBuf, PathBuf) {
     let key = dir.join("bench-key.pem");
     if !key.exists() {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-sm2-key.pem"), &key).expect("key");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-sm2-key.pem"),
+            &key,
+        )
+        .expect("key");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
@@ -106,10 +115,11 @@ pub async fn channel(socket: &Path) -> Channel {
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
             }
         }))
         .await
         .expect("connect")
 }
-

@@ -28,7 +28,11 @@ const FILES: &[&str] = &[
     "static-pod.yaml",
 ];
 
-const CONFIGS: &[&str] = &["config-sm2.json", "config-jdcloud.json", "config-rotation.json"];
+const CONFIGS: &[&str] = &[
+    "config-sm2.json",
+    "config-jdcloud.json",
+    "config-rotation.json",
+];
 
 /// Where the configs live on a node, as the static pod, the unit and the docs name it.
 const CONFIG_PATH: &str = "/etc/k8s-kms-plugin/config.json";
@@ -72,7 +76,8 @@ fn yaml(name: &str) -> Value {
 }
 
 fn json(name: &str) -> Value {
-    serde_json::from_str(&read(name)).unwrap_or_else(|e| panic!("deploy/{name}: not valid JSON: {e}"))
+    serde_json::from_str(&read(name))
+        .unwrap_or_else(|e| panic!("deploy/{name}: not valid JSON: {e}"))
 }
 
 /// A systemd unit: section → key → values (keys may repeat).
@@ -92,8 +97,14 @@ fn unit(name: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
         let (k, v) = line
             .split_once('=')
             .unwrap_or_else(|| panic!("deploy/{name}:{}: not KEY=VALUE: {line:?}", i + 1));
-        assert!(!line.ends_with('\\'), "deploy/{name}:{}: no continuation lines", i + 1);
-        let section = current.clone().unwrap_or_else(|| panic!("deploy/{name}:{}: outside a section", i + 1));
+        assert!(
+            !line.ends_with('\\'),
+            "deploy/{name}:{}: no continuation lines",
+            i + 1
+        );
+        let section = current
+            .clone()
+            .unwrap_or_else(|| panic!("deploy/{name}:{}: outside a section", i + 1));
         sections
             .entry(section)
             .or_default()
@@ -139,13 +150,19 @@ fn the_socket() -> PathBuf {
 }
 
 fn the_health_addr() -> SocketAddr {
-    let addrs: BTreeSet<Option<SocketAddr>> = configs().iter().map(|(_, c)| c.health_addr).collect();
+    let addrs: BTreeSet<Option<SocketAddr>> =
+        configs().iter().map(|(_, c)| c.health_addr).collect();
     assert_eq!(addrs.len(), 1, "all configs use one HealthAddr: {addrs:?}");
-    addrs.into_iter().next().unwrap().expect("the health listener is on in the examples")
+    addrs
+        .into_iter()
+        .next()
+        .unwrap()
+        .expect("the health listener is on in the examples")
 }
 
 fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
-    v.as_str().unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
 }
 
 /// The `hostPath.path` of the pod volume a container mounts at `mount_path`, and whether it is read only.
@@ -172,7 +189,10 @@ fn deploy_holds_exactly_the_documented_files_and_each_parses() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     let want: BTreeSet<String> = FILES.iter().map(|s| s.to_string()).collect();
-    assert_eq!(found, want, "deploy/ files (update FILES and the checks when adding one)");
+    assert_eq!(
+        found, want,
+        "deploy/ files (update FILES and the checks when adding one)"
+    );
     for f in FILES {
         if f.ends_with(".yaml") {
             assert!(yaml(f).is_object(), "deploy/{f}: a mapping");
@@ -205,7 +225,10 @@ fn configs_agree_on_socket_health_address_and_key_locations() {
         }
     }
     // The rotation example: an SM2 primary and the previous SM2 key, decrypt-only.
-    let (_, rotation) = configs().into_iter().find(|(n, _)| *n == "config-rotation.json").unwrap();
+    let (_, rotation) = configs()
+        .into_iter()
+        .find(|(n, _)| *n == "config-rotation.json")
+        .unwrap();
     assert!(matches!(rotation.primary, KeySpec::Sm2(_)));
     assert_eq!(rotation.previous.len(), 1);
     assert!(matches!(rotation.previous[0], KeySpec::Sm2(_)));
@@ -214,47 +237,95 @@ fn configs_agree_on_socket_health_address_and_key_locations() {
     let fields: BTreeSet<&str> = jd.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         fields,
-        BTreeSet::from(["AccessKey", "SecretKey", "KmsEndpoint", "KmsKeyId", "KmsSchema", "GRPCSocketPath"])
+        BTreeSet::from([
+            "AccessKey",
+            "SecretKey",
+            "KmsEndpoint",
+            "KmsKeyId",
+            "KmsSchema",
+            "GRPCSocketPath"
+        ])
     );
 }
 
 #[test]
 fn encryption_configurations_have_what_kube_apiserver_requires() {
     let endpoint = format!("unix://{}", the_socket().display());
-    for (file, version) in [("encryption-config-v1.yaml", "v1"), ("encryption-config-v2.yaml", "v2")] {
+    for (file, version) in [
+        ("encryption-config-v1.yaml", "v1"),
+        ("encryption-config-v2.yaml", "v2"),
+    ] {
         let c = yaml(file);
         assert_eq!(c["kind"], "EncryptionConfiguration", "{file}");
         assert_eq!(c["apiVersion"], "apiserver.config.k8s.io/v1", "{file}");
-        let resources = c["resources"].as_array().unwrap_or_else(|| panic!("{file}: resources"));
+        let resources = c["resources"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: resources"));
         assert!(!resources.is_empty(), "{file}: resources");
         let mut kms_names = BTreeSet::new();
         for r in resources {
-            let kinds = r["resources"].as_array().unwrap_or_else(|| panic!("{file}: resources[].resources"));
-            assert!(kinds.iter().any(|k| k == "secrets"), "{file}: secrets are encrypted");
-            let providers = r["providers"].as_array().unwrap_or_else(|| panic!("{file}: providers"));
+            let kinds = r["resources"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{file}: resources[].resources"));
+            assert!(
+                kinds.iter().any(|k| k == "secrets"),
+                "{file}: secrets are encrypted"
+            );
+            let providers = r["providers"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{file}: providers"));
             assert!(!providers.is_empty(), "{file}: providers");
             for p in providers {
                 let keys: Vec<&String> = p.as_object().expect("a provider object").keys().collect();
-                assert_eq!(keys.len(), 1, "{file}: one provider kind per entry: {keys:?}");
+                assert_eq!(
+                    keys.len(),
+                    1,
+                    "{file}: one provider kind per entry: {keys:?}"
+                );
             }
             // The plugin writes: it comes first. identity last reads what was stored before encryption.
             let kms = &providers[0]["kms"];
             assert!(kms.is_object(), "{file}: the first provider is kms");
-            assert!(providers.last().unwrap().get("identity").is_some(), "{file}: identity last");
+            assert!(
+                providers.last().unwrap().get("identity").is_some(),
+                "{file}: identity last"
+            );
             let name = str_of(&kms["name"], "kms.name");
-            assert!(!name.is_empty() && !name.contains(':'), "{file}: kms.name {name:?} (it goes into the storage prefix)");
-            assert!(kms_names.insert(name.to_string()), "{file}: kms names are unique");
-            assert_eq!(kms["endpoint"], endpoint.as_str(), "{file}: endpoint is the plugin's socket");
+            assert!(
+                !name.is_empty() && !name.contains(':'),
+                "{file}: kms.name {name:?} (it goes into the storage prefix)"
+            );
+            assert!(
+                kms_names.insert(name.to_string()),
+                "{file}: kms names are unique"
+            );
+            assert_eq!(
+                kms["endpoint"],
+                endpoint.as_str(),
+                "{file}: endpoint is the plugin's socket"
+            );
             let timeout = str_of(&kms["timeout"], "kms.timeout");
-            assert!(timeout.ends_with('s') && timeout[..timeout.len() - 1].parse::<u32>().is_ok(), "{file}: timeout {timeout}");
+            assert!(
+                timeout.ends_with('s') && timeout[..timeout.len() - 1].parse::<u32>().is_ok(),
+                "{file}: timeout {timeout}"
+            );
             match version {
                 "v2" => {
                     assert_eq!(kms["apiVersion"], "v2", "{file}");
-                    assert!(kms.get("cachesize").is_none(), "{file}: kube-apiserver refuses cachesize with v2");
+                    assert!(
+                        kms.get("cachesize").is_none(),
+                        "{file}: kube-apiserver refuses cachesize with v2"
+                    );
                 }
                 _ => {
-                    assert!(kms.get("apiVersion").is_none() || kms["apiVersion"] == "v1", "{file}");
-                    assert!(kms["cachesize"].as_i64().is_some_and(|n| n > 0), "{file}: cachesize");
+                    assert!(
+                        kms.get("apiVersion").is_none() || kms["apiVersion"] == "v1",
+                        "{file}"
+                    );
+                    assert!(
+                        kms["cachesize"].as_i64().is_some_and(|n| n > 0),
+                        "{file}: cachesize"
+                    );
                 }
             }
         }
@@ -262,7 +333,10 @@ fn encryption_configurations_have_what_kube_apiserver_requires() {
     // The two files can be combined while migrating v1 → v2: their kms names differ (kube-apiserver
     // requires unique names once a v2 provider is present).
     let name = |f: &str| yaml(f)["resources"][0]["providers"][0]["kms"]["name"].clone();
-    assert_ne!(name("encryption-config-v1.yaml"), name("encryption-config-v2.yaml"));
+    assert_ne!(
+        name("encryption-config-v1.yaml"),
+        name("encryption-config-v2.yaml")
+    );
 }
 
 #[test]
@@ -275,7 +349,10 @@ fn static_pod_and_apiserver_patch_mount_the_socket_directory_and_probe_the_healt
     assert_eq!(pod["apiVersion"], "v1");
     assert_eq!(pod["kind"], "Pod");
     assert_eq!(pod["metadata"]["namespace"], "kube-system");
-    assert_eq!(pod["spec"]["hostNetwork"], true, "probes on 127.0.0.1 reach the host's listener");
+    assert_eq!(
+        pod["spec"]["hostNetwork"], true,
+        "probes on 127.0.0.1 reach the host's listener"
+    );
     assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
     let containers = pod["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
@@ -283,13 +360,20 @@ fn static_pod_and_apiserver_patch_mount_the_socket_directory_and_probe_the_healt
     assert!(!str_of(&c["image"], "image").is_empty());
     assert_eq!(c["command"], serde_json::json!(["/gm-kms-plugin"]));
     assert_eq!(c["args"], serde_json::json!(["-f", CONFIG_PATH]));
-    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["requests"]["memory"].is_string());
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string()
+            && c["resources"]["requests"]["memory"].is_string()
+    );
     assert!(c["resources"]["limits"]["memory"].is_string());
     for (probe, path) in [("livenessProbe", "/livez"), ("readinessProbe", "/healthz")] {
         let g = &c[probe]["httpGet"];
         assert_eq!(g["path"], path, "{probe}");
         assert_eq!(g["port"], health.port(), "{probe} port = HealthAddr port");
-        assert_eq!(g["host"], health.ip().to_string(), "{probe} host = HealthAddr host");
+        assert_eq!(
+            g["host"],
+            health.ip().to_string(),
+            "{probe} host = HealthAddr host"
+        );
     }
     let (host, ro) = host_path_mounted_at(&pod, c, &socket_dir);
     assert_eq!(host, socket_dir, "the socket directory is the host's");
@@ -318,19 +402,32 @@ fn static_pod_and_apiserver_patch_mount_the_socket_directory_and_probe_the_healt
     assert_eq!(host, enc_dir);
     assert!(ro);
     let (host, _) = host_path_mounted_at(&api, c, &socket_dir);
-    assert_eq!(host, socket_dir, "kube-apiserver sees the plugin's socket at the endpoint's path");
+    assert_eq!(
+        host, socket_dir,
+        "kube-apiserver sees the plugin's socket at the endpoint's path"
+    );
 }
 
 #[test]
 fn systemd_unit_restarts_reloads_is_hardened_and_starts_before_kubelet() {
     let u = unit("gm-kms-plugin.service");
     let one = |section: &str, key: &str| -> String {
-        let v = u.get(section).and_then(|s| s.get(key)).unwrap_or_else(|| panic!("[{section}] {key}"));
+        let v = u
+            .get(section)
+            .and_then(|s| s.get(key))
+            .unwrap_or_else(|| panic!("[{section}] {key}"));
         assert_eq!(v.len(), 1, "[{section}] {key} once");
         v[0].clone()
     };
-    assert!(one("Unit", "Before").split_whitespace().any(|s| s == "kubelet.service"));
-    assert_eq!(one("Service", "ExecStart"), format!("/usr/local/bin/gm-kms-plugin -f {CONFIG_PATH}"));
+    assert!(
+        one("Unit", "Before")
+            .split_whitespace()
+            .any(|s| s == "kubelet.service")
+    );
+    assert_eq!(
+        one("Service", "ExecStart"),
+        format!("/usr/local/bin/gm-kms-plugin -f {CONFIG_PATH}")
+    );
     let reload = one("Service", "ExecReload");
     assert!(reload.ends_with("kill -HUP $MAINPID"), "{reload}");
     assert_eq!(one("Service", "Restart"), "always");
@@ -338,10 +435,23 @@ fn systemd_unit_restarts_reloads_is_hardened_and_starts_before_kubelet() {
     assert_eq!(one("Service", "ProtectSystem"), "strict");
     assert_eq!(one("Service", "CapabilityBoundingSet"), "");
     let socket_dir = normalize_run(the_socket().parent().unwrap().to_str().unwrap());
-    let writable: Vec<String> = one("Service", "ReadWritePaths").split_whitespace().map(normalize_run).collect();
-    assert!(writable.contains(&socket_dir), "ReadWritePaths {writable:?} lacks {socket_dir}");
-    assert_eq!(format!("/run/{}", one("Service", "RuntimeDirectory")), socket_dir);
-    assert_eq!(one("Service", "RuntimeDirectoryPreserve"), "yes", "kube-apiserver's bind mount survives restarts");
+    let writable: Vec<String> = one("Service", "ReadWritePaths")
+        .split_whitespace()
+        .map(normalize_run)
+        .collect();
+    assert!(
+        writable.contains(&socket_dir),
+        "ReadWritePaths {writable:?} lacks {socket_dir}"
+    );
+    assert_eq!(
+        format!("/run/{}", one("Service", "RuntimeDirectory")),
+        socket_dir
+    );
+    assert_eq!(
+        one("Service", "RuntimeDirectoryPreserve"),
+        "yes",
+        "kube-apiserver's bind mount survives restarts"
+    );
     assert!(u["Install"].contains_key("WantedBy"));
 }
 
@@ -353,36 +463,65 @@ fn dockerfile_is_multi_stage_non_root_with_the_binary_where_the_pod_runs_it() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let stages: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("FROM ")).collect();
+    let stages: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
     assert!(stages.len() >= 2, "multi-stage build");
     let first = lines[stages[0]];
-    let builder = first.rsplit_once(" AS ").map(|(_, n)| n.trim()).expect("the builder stage is named");
-    assert!(first.contains("rust:"), "the builder is a Rust image: {first}");
+    let builder = first
+        .rsplit_once(" AS ")
+        .map(|(_, n)| n.trim())
+        .expect("the builder stage is named");
+    assert!(
+        first.contains("rust:"),
+        "the builder is a Rust image: {first}"
+    );
     let last = &lines[*stages.last().unwrap()..];
     assert!(
-        last.iter().any(|l| l.starts_with(&format!("COPY --from={builder} ")) && l.ends_with(" /gm-kms-plugin")),
+        last.iter()
+            .any(|l| l.starts_with(&format!("COPY --from={builder} "))
+                && l.ends_with(" /gm-kms-plugin")),
         "the runtime stage copies the binary to /gm-kms-plugin"
     );
     assert!(last.contains(&r#"ENTRYPOINT ["/gm-kms-plugin"]"#));
     assert!(last.contains(&format!(r#"CMD ["-f", "{CONFIG_PATH}"]"#).as_str()));
-    let user = last.iter().find_map(|l| l.strip_prefix("USER ")).expect("a USER in the runtime stage");
+    let user = last
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER in the runtime stage");
     let uid = user.split(':').next().unwrap();
     assert!(uid != "0" && uid != "root", "non-root by default: {user}");
     // Every path the builder copies from the build context exists in the repository.
     for l in &lines[stages[0]..*stages.last().unwrap()] {
         if let Some(args) = l.strip_prefix("COPY ") {
-            let parts: Vec<&str> = args.split_whitespace().filter(|p| !p.starts_with("--")).collect();
+            let parts: Vec<&str> = args
+                .split_whitespace()
+                .filter(|p| !p.starts_with("--"))
+                .collect();
             for src in &parts[..parts.len() - 1] {
-                assert!(repo().join(src).exists(), "Dockerfile copies {src}, which the repository lacks");
+                assert!(
+                    repo().join(src).exists(),
+                    "Dockerfile copies {src}, which the repository lacks"
+                );
             }
         }
     }
-    assert!(lines.iter().any(|l| l.contains("cargo build --release --locked")), "a locked release build");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cargo build --release --locked")),
+        "a locked release build"
+    );
 }
 
 /// Runs `gm-kms-plugin check -f config`; panics with its output if it fails.
 fn check(config: &Path) -> String {
-    let out = Command::new(binary()).arg("check").arg("-f").arg(config).output().expect("run check");
+    let out = Command::new(binary())
+        .arg("check")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .expect("run check");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -400,24 +539,31 @@ fn sm2_config_examples_pass_check_with_test_keys() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = json(name);
         // Each key path of the example becomes a copy of a development key, in the example's order.
-        let mut keys = vec![&mut config];
-        let mut previous: Vec<&mut Value> = Vec::new();
-        if let Some(p) = keys[0].get_mut("PreviousKeys") {
-            previous.extend(p.as_array_mut().unwrap().iter_mut());
-        }
         let mut n = 0;
-        for entry in keys.drain(..).chain(previous) {
+        let mut replace = |entry: &mut Value| {
             let original = str_of(&entry["Sm2PrivateKeyFile"], "Sm2PrivateKeyFile").to_string();
-            assert!(original.starts_with("/etc/k8s-kms-plugin/keys/"), "{name}: {original}");
-            entry["Sm2PrivateKeyFile"] = Value::from(copy_key(dir.path(), dev_keys[n]).to_str().unwrap());
+            assert!(
+                original.starts_with("/etc/k8s-kms-plugin/keys/"),
+                "{name}: {original}"
+            );
+            entry["Sm2PrivateKeyFile"] =
+                Value::from(copy_key(dir.path(), dev_keys[n]).to_str().unwrap());
             n += 1;
+        };
+        replace(&mut config);
+        if let Some(previous) = config.get_mut("PreviousKeys").and_then(Value::as_array_mut) {
+            previous.iter_mut().for_each(&mut replace);
         }
         config["GRPCSocketPath"] = Value::from(dir.path().join("kms.sock").to_str().unwrap());
         let path = dir.path().join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let out = check(&path);
         assert!(out.contains("seal/open round trip: ok"), "{name}:\n{out}");
-        assert_eq!(out.matches("(previous, sm2)").count(), n - 1, "{name}:\n{out}");
+        assert_eq!(
+            out.matches("(previous, sm2)").count(),
+            n - 1,
+            "{name}:\n{out}"
+        );
     }
 }
 
@@ -437,6 +583,12 @@ async fn jdcloud_config_example_passes_check_against_the_fake() {
     let path = dir.path().join("config.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let out = tokio::task::block_in_place(|| check(&path));
-    assert!(out.contains(&format!("key jdcloud-{} (primary, jdcloud)", fake.first_key())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "key jdcloud-{} (primary, jdcloud)",
+            fake.first_key()
+        )),
+        "{out}"
+    );
     assert!(out.contains("seal/open round trip: ok"), "{out}");
 }

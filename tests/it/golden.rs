@@ -65,14 +65,18 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
     let socket = dir.path().join("jd.sock");
     let config = dir.path().join("config.json");
     std::fs::write(&config, fake.seed_config_json(socket.to_str().unwrap())).unwrap();
-    let _p = tokio::task::block_in_place(|| crate::support::plugin::Plugin::start(&config, &socket));
+    let _p =
+        tokio::task::block_in_place(|| crate::support::plugin::Plugin::start(&config, &socket));
     let mut c = crate::support::plugin::v2(&socket).await;
     let path = repo().join("tests/golden/jdcloud.json");
     if std::env::var_os("GM_KMS_WRITE_GOLDEN").is_some() {
         let mut out = Vec::new();
         for pt in [b"ping".to_vec(), (0u8..32).collect::<Vec<u8>>()] {
             let ct = c
-                .encrypt(v2::EncryptRequest { plaintext: pt.clone(), uid: String::new() })
+                .encrypt(v2::EncryptRequest {
+                    plaintext: pt.clone(),
+                    uid: String::new(),
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -91,7 +95,10 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
         let parsed = gm_kms_plugin::ciphertext::parse(&ct).unwrap();
         assert_eq!(parsed.kek_id, format!("jdcloud-{}", fake.first_key()));
         let pt = c
-            .decrypt(v2::DecryptRequest { ciphertext: ct, ..Default::default() })
+            .decrypt(v2::DecryptRequest {
+                ciphertext: ct,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gm_kms_plugin::proto::{v1beta1, v2};
-use gm_kms_plugin::testing::fake_jdcloud::{Fault, FakeJdCloud};
+use gm_kms_plugin::testing::fake_jdcloud::{FakeJdCloud, Fault};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -17,7 +17,8 @@ type V2 = v2::key_management_service_client::KeyManagementServiceClient<Channel>
 /// JD Cloud's own plugin config as the fake hands it out, plus `extra` fields.
 fn seed_config(fake: &FakeJdCloud, dir: &Path, extra: Value) -> (PathBuf, PathBuf) {
     let socket = dir.join("kms-plugin.sock");
-    let mut config: Value = serde_json::from_str(&fake.seed_config_json(socket.to_str().unwrap())).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&fake.seed_config_json(socket.to_str().unwrap())).unwrap();
     for (k, v) in extra.as_object().unwrap() {
         config[k] = v.clone();
     }
@@ -32,7 +33,13 @@ fn start(config: &Path, socket: &Path) -> Plugin {
 
 async fn wait_healthy(c: &mut V2) {
     for _ in 0..300 {
-        if c.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz == "ok" {
+        if c.status(v2::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .healthz
+            == "ok"
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -141,7 +148,10 @@ async fn seed_config_drop_in_and_100k_encrypts_make_few_remote_calls() {
     assert!(caused <= 2, "{counts:?}");
     assert_eq!(counts.other + counts.describe, 0, "{counts:?}");
     assert_eq!(counts.bad_signature, 0);
-    assert_eq!(decrypt(&mut c2, &sealed[99_999].1).await.unwrap(), sealed[99_999].0);
+    assert_eq!(
+        decrypt(&mut c2, &sealed[99_999].1).await.unwrap(),
+        sealed[99_999].0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,10 +163,18 @@ async fn restart_then_10k_decrypts_under_k_data_keys_make_k_remote_calls() {
     let sealed = encrypt_many(&socket, 10_000, 8).await;
     let k = sealed
         .iter()
-        .map(|(_, ct)| gm_kms_plugin::ciphertext::parse(ct).unwrap().wrapped_dk.to_vec())
+        .map(|(_, ct)| {
+            gm_kms_plugin::ciphertext::parse(ct)
+                .unwrap()
+                .wrapped_dk
+                .to_vec()
+        })
         .collect::<std::collections::HashSet<_>>()
         .len();
-    assert!((4..=5).contains(&k), "10000 encrypts at 2500 uses each: {k} data keys");
+    assert!(
+        (4..=5).contains(&k),
+        "10000 encrypts at 2500 uses each: {k} data keys"
+    );
     assert_eq!(p.stop().code(), Some(0));
 
     let _p = start(&config, &socket);
@@ -193,7 +211,9 @@ async fn outage_encrypt_and_cached_decrypt_keep_working_uncached_is_unavailable_
     let (config, socket) = seed_config(&fake, dir.path(), json!({"KmsTimeoutMs": 500}));
     let p = start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let old = encrypt(&mut c, b"written before the restart").await.unwrap();
+    let old = encrypt(&mut c, b"written before the restart")
+        .await
+        .unwrap();
     drop(c);
     p.stop();
 
@@ -204,17 +224,37 @@ async fn outage_encrypt_and_cached_decrypt_keep_working_uncached_is_unavailable_
 
     fake.set_down(true).await;
     let during = encrypt(&mut c, b"written during the outage").await.unwrap();
-    assert_eq!(decrypt(&mut c, &fresh).await.unwrap(), b"written before the outage");
-    assert_eq!(decrypt(&mut c, &during).await.unwrap(), b"written during the outage");
+    assert_eq!(
+        decrypt(&mut c, &fresh).await.unwrap(),
+        b"written before the outage"
+    );
+    assert_eq!(
+        decrypt(&mut c, &during).await.unwrap(),
+        b"written during the outage"
+    );
     let t = Instant::now();
     let e = decrypt(&mut c, &old).await.unwrap_err();
-    println!("uncached Decrypt with JD Cloud down: {:?} after {} ms", e.code(), t.elapsed().as_millis());
-    assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}");
-    assert!(t.elapsed() < Duration::from_millis(3500), "answered after {:?}", t.elapsed());
+    println!(
+        "uncached Decrypt with JD Cloud down: {:?} after {} ms",
+        e.code(),
+        t.elapsed().as_millis()
+    );
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(3500),
+        "answered after {:?}",
+        t.elapsed()
+    );
 
     // Recovery without a restart.
     fake.set_down(false).await;
-    assert_eq!(decrypt(&mut c, &old).await.unwrap(), b"written before the restart");
+    assert_eq!(
+        decrypt(&mut c, &old).await.unwrap(),
+        b"written before the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +262,11 @@ async fn every_fault_gives_a_non_ok_status_never_a_wrong_or_empty_answer() {
     let fake = FakeJdCloud::start().await;
     let dir = tempfile::tempdir().unwrap();
     // One data key per message, so every ciphertext needs its own remote unwrap.
-    let (config, socket) =
-        seed_config(&fake, dir.path(), json!({"KmsTimeoutMs": 400, "DataKeyMaxUses": 1}));
+    let (config, socket) = seed_config(
+        &fake,
+        dir.path(),
+        json!({"KmsTimeoutMs": 400, "DataKeyMaxUses": 1}),
+    );
     let p = start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
     let faults = [
@@ -253,16 +296,26 @@ async fn every_fault_gives_a_non_ok_status_never_a_wrong_or_empty_answer() {
             Ok(pt) => panic!("{fault:?}: Decrypt answered {} bytes", pt.len()),
             Err(e) => {
                 println!("fault {fault:?}: Decrypt -> {:?}", e.code());
-                assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{fault:?}: {e:?}");
+                assert!(
+                    matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+                    "{fault:?}: {e:?}"
+                );
             }
         }
         // Encrypt under the fault: sealing falls back to the current data key, or fails; whatever it
         // returns must open to the right plaintext once the fault is gone.
         let during = encrypt(&mut c, b"sealed during a fault").await;
         fake.clear_fault();
-        assert_eq!(&decrypt(&mut c, ct).await.unwrap(), msg, "{fault:?}: recovery");
+        assert_eq!(
+            &decrypt(&mut c, ct).await.unwrap(),
+            msg,
+            "{fault:?}: recovery"
+        );
         if let Ok(during) = during {
-            assert_eq!(decrypt(&mut c, &during).await.unwrap(), b"sealed during a fault");
+            assert_eq!(
+                decrypt(&mut c, &during).await.unwrap(),
+                b"sealed during a fault"
+            );
         }
     }
 
@@ -271,8 +324,15 @@ async fn every_fault_gives_a_non_ok_status_never_a_wrong_or_empty_answer() {
     let (msg, ct) = &sealed[faults.len()];
     let t = Instant::now();
     let e = decrypt(&mut c, ct).await.unwrap_err();
-    assert!(matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded), "{e:?}");
-    assert!(t.elapsed() < Duration::from_millis(3500), "{:?}", t.elapsed());
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{e:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        t.elapsed()
+    );
     fake.set_delay(Duration::ZERO);
     assert_eq!(&decrypt(&mut c, ct).await.unwrap(), msg);
 

@@ -10,12 +10,15 @@ use tokio::sync::Mutex;
 
 use crate::support::plugin::{self, Plugin, binary, copy_key, sm2_setup, write_config};
 
+/// Plaintext and ciphertext of every message sealed so far.
+type Sealed = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
 /// Several clients seal continuously until `stop`; every ciphertext returned is kept with its plaintext.
 fn spawn_load(
     socket: &std::path::Path,
     clients: usize,
     stop: Arc<AtomicBool>,
-    sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    sealed: Sealed,
 ) -> Vec<tokio::task::JoinHandle<usize>> {
     (0..clients)
         .map(|t| {
@@ -80,8 +83,15 @@ async fn kill_9_mid_load_then_restart_everything_written_still_decrypts() {
     assert!(s.socket.exists(), "kill -9 leaves the socket file");
     let _p = tokio::task::block_in_place(|| Plugin::start(&s.config, &s.socket));
     let sealed = sealed.lock().await.clone();
-    assert!(sealed.len() > 10, "only {} calls before the kill", sealed.len());
-    println!("kill -9 after {} sealed messages; all decrypt after restart", sealed.len());
+    assert!(
+        sealed.len() > 10,
+        "only {} calls before the kill",
+        sealed.len()
+    );
+    println!(
+        "kill -9 after {} sealed messages; all decrypt after restart",
+        sealed.len()
+    );
     decrypt_all(&s.socket, &sealed).await;
 }
 
@@ -98,7 +108,11 @@ async fn sigterm_under_load_finishes_cleanly() {
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM under load");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM under load"
+    );
     assert!(!s.socket.exists(), "socket removed");
     // Every answer given before the stop was a good one.
     let sealed = sealed.lock().await.clone();
@@ -124,7 +138,10 @@ fn unusable_socket_directory_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("a-file") && err.contains("cannot create directory"), "{err}");
+    assert!(
+        err.contains("a-file") && err.contains("cannot create directory"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
@@ -147,7 +164,9 @@ async fn abruptly_dropped_connections_do_not_hurt() {
         tokio::time::sleep(Duration::from_micros(300)).await;
         call.abort();
     }
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid())).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+        .unwrap()
+        .count();
     let mut c = plugin::v2(&s.socket).await;
     let ct = c
         .encrypt(v2::EncryptRequest {

@@ -18,7 +18,8 @@ use crate::secret::{DATA_KEY_LEN, DataKey};
 
 pub mod client;
 pub mod sign;
-pub(crate) mod wire;
+#[doc(hidden)]
+pub mod wire; // pub for the fuzz targets (fuzz/), not an API
 
 pub use client::RetryPolicy;
 use client::{Failure, KmsClient, Op};

@@ -28,7 +28,8 @@ pub(crate) fn b64_encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes base64 in the standard or URL-safe alphabet, padded or not; `None` if it is neither.
-pub(crate) fn b64_decode(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+#[doc(hidden)]
+pub fn b64_decode(text: &str) -> Option<Zeroizing<Vec<u8>>> {
     STANDARD_LENIENT
         .decode(text)
         .or_else(|_| URL_SAFE_LENIENT.decode(text))
@@ -78,7 +79,8 @@ fn to_json<T: Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
 
 /// The error object of a JD Cloud answer: `{"code": <http status>, "status": "NAME", "message": "…"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RemoteError {
+#[doc(hidden)]
+pub struct RemoteError {
     pub code: Option<i64>,
     pub status: String,
     pub message: String,
@@ -97,7 +99,8 @@ impl std::fmt::Display for RemoteError {
 
 /// Why an answer could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Problem {
+#[doc(hidden)]
+pub enum Problem {
     /// The body is not the JSON we expect.
     Garbage(String),
     /// A well-formed answer without the value we asked for (no result, an empty or undecodable field).
@@ -172,7 +175,8 @@ fn envelope<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<RawEnvelope<T>,
 }
 
 /// The error object of an answer, if it has one (any HTTP status).
-pub(crate) fn error_of(body: &[u8]) -> Option<RemoteError> {
+#[doc(hidden)]
+pub fn error_of(body: &[u8]) -> Option<RemoteError> {
     let env: RawEnvelope<serde_json::Value> = envelope(body).ok()?;
     env.error.map(RemoteError::from)
 }
@@ -189,7 +193,8 @@ fn result_of<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Problem> {
 }
 
 /// `result.ciphertextBlob` of an Encrypt answer: non-empty base64 text of at most [`MAX_BLOB_LEN`] bytes.
-pub(crate) fn encrypt_result(body: &[u8]) -> Result<String, Problem> {
+#[doc(hidden)]
+pub fn encrypt_result(body: &[u8]) -> Result<String, Problem> {
     #[derive(Deserialize)]
     struct R {
         #[serde(default, rename = "ciphertextBlob")]
@@ -203,7 +208,8 @@ pub(crate) fn encrypt_result(body: &[u8]) -> Result<String, Problem> {
 
 /// Checks that `blob` looks like a ciphertextBlob: 1..=MAX_BLOB_LEN base64 characters that decode to at
 /// least one byte.
-pub(crate) fn check_blob(blob: &str) -> Result<(), String> {
+#[doc(hidden)]
+pub fn check_blob(blob: &str) -> Result<(), String> {
     if blob.is_empty() {
         return Err("ciphertextBlob is empty".into());
     }
@@ -220,7 +226,8 @@ pub(crate) fn check_blob(blob: &str) -> Result<(), String> {
 }
 
 /// `result.plaintext` of a Decrypt answer, base64-decoded: at least one byte.
-pub(crate) fn decrypt_result(body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Problem> {
+#[doc(hidden)]
+pub fn decrypt_result(body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Problem> {
     #[derive(Deserialize)]
     struct R {
         #[serde(default)]
@@ -241,14 +248,16 @@ pub(crate) fn decrypt_result(body: &[u8]) -> Result<Zeroizing<Vec<u8>>, Problem>
 
 /// `result.keyInfo` of a DescribeKey answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KeyInfo {
+#[doc(hidden)]
+pub struct KeyInfo {
     pub key_id: String,
     pub key_name: String,
     /// 0 enabled, 1 disabled, 2 pending deletion.
     pub key_status: i64,
 }
 
-pub(crate) fn describe_result(body: &[u8]) -> Result<KeyInfo, Problem> {
+#[doc(hidden)]
+pub fn describe_result(body: &[u8]) -> Result<KeyInfo, Problem> {
     #[derive(Deserialize)]
     struct R {
         #[serde(default, rename = "keyInfo")]
