@@ -54,39 +54,32 @@ pub enum Command {
 const MAX_STDIN: u64 = 64 * 1024 * 1024;
 
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Keygen { out } => keygen(&out),
-        Command::Serve => {
-            let config = load_config(cli.config.as_deref())?;
-            init_logging(cli.log_format, config.debug);
-            runtime()?.block_on(serve(config))
-        }
-        Command::Check => {
-            let config = load_config(cli.config.as_deref())?;
-            init_logging(cli.log_format, config.debug);
-            runtime()?.block_on(check(config))
-        }
-        Command::Encrypt => {
-            let config = load_config(cli.config.as_deref())?;
-            init_logging(cli.log_format, config.debug);
-            let input = read_stdin()?;
-            let out = runtime()?.block_on(async {
-                let plugin = Plugin::load(config)?;
-                anyhow::Ok(plugin.envelope.seal(&input).await?.ciphertext)
-            })?;
-            write_stdout(&out)
-        }
-        Command::Decrypt => {
-            let config = load_config(cli.config.as_deref())?;
-            init_logging(cli.log_format, config.debug);
-            let input = read_stdin()?;
-            let out = runtime()?.block_on(async {
-                let plugin = Plugin::load(config)?;
-                anyhow::Ok(plugin.envelope.open(&input).await?)
-            })?;
-            write_stdout(&out)
-        }
+    let configured = || -> Result<Config> {
+        let config = load_config(cli.config.as_deref())?;
+        init_logging(cli.log_format, config.debug);
+        Ok(config)
+    };
+    match &cli.command {
+        Some(Command::Keygen { out }) => keygen(out),
+        None | Some(Command::Serve) => runtime()?.block_on(serve(configured()?)),
+        Some(Command::Check) => runtime()?.block_on(check(configured()?)),
+        Some(Command::Encrypt) => filter_stdin(configured()?, true),
+        Some(Command::Decrypt) => filter_stdin(configured()?, false),
     }
+}
+
+/// `encrypt` (`seal`) or `decrypt`: stdin to stdout, offline, with the plugin's own keys and format.
+fn filter_stdin(config: Config, seal: bool) -> Result<()> {
+    let input = read_stdin()?;
+    let out = runtime()?.block_on(async {
+        let plugin = Plugin::load(config)?;
+        anyhow::Ok(if seal {
+            plugin.envelope.seal(&input).await?.ciphertext
+        } else {
+            plugin.envelope.open(&input).await?.to_vec()
+        })
+    })?;
+    write_stdout(&out)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

@@ -13,6 +13,7 @@
 //! HPACK decoder, and carry only `:authority` values that `h2` accepts.
 #![no_main]
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -34,8 +35,8 @@ struct Client<'a> {
     chunk: usize,
     stutter: bool,
     pending_next: bool,
-    /// Set when the last poll answered Pending (the only licence for the adapter to do the same).
-    pended: bool,
+    /// Set when a poll answered Pending (the only licence for the adapter to do the same).
+    pended: &'a Cell<bool>,
 }
 
 impl AsyncRead for Client<'_> {
@@ -48,7 +49,7 @@ impl AsyncRead for Client<'_> {
         if this.stutter {
             this.pending_next = !this.pending_next;
             if this.pending_next {
-                this.pended = true;
+                this.pended.set(true);
                 return Poll::Pending;
             }
         }
@@ -73,15 +74,24 @@ impl AsyncWrite for Client<'_> {
 }
 
 /// Reads `stream` through the adapter; the output so far and how it ended.
-fn run(stream: &[u8], chunk: usize, read_size: usize, stutter: bool) -> (Vec<u8>, Option<io::Error>) {
+fn run(
+    stream: &[u8],
+    chunk: usize,
+    read_size: usize,
+    stutter: bool,
+) -> (Vec<u8>, Option<io::Error>) {
     let n = stream.len();
-    let bound = n.saturating_mul(2 * n + 64).saturating_add(1024).min(HARD_OUTPUT_CAP);
+    let bound = n
+        .saturating_mul(2 * n + 64)
+        .saturating_add(1024)
+        .min(HARD_OUTPUT_CAP);
+    let pended = Cell::new(false);
     let mut adapter = normalize(Client {
         data: stream,
         chunk: chunk.max(1),
         stutter,
         pending_next: false,
-        pended: false,
+        pended: &pended,
     });
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
@@ -96,10 +106,10 @@ fn run(stream: &[u8], chunk: usize, read_size: usize, stutter: bool) -> (Vec<u8>
             out.len()
         );
         let mut rb = ReadBuf::new(&mut buf);
-        adapter.get_mut().pended = false;
+        pended.set(false);
         match Pin::new(&mut adapter).poll_read(&mut cx, &mut rb) {
             Poll::Pending => {
-                assert!(adapter.get_ref().pended, "Pending without a Pending client");
+                assert!(pended.get(), "Pending without a Pending client");
             }
             Poll::Ready(Ok(())) => {
                 let got = rb.filled();
@@ -135,7 +145,10 @@ fn check_output(out: &[u8]) {
     let Some(mut rest) = out.strip_prefix(PREFACE.as_slice()) else {
         // Nothing is forwarded before the whole preface has been seen... byte by byte, it is: the output
         // is then a prefix of the preface.
-        assert!(PREFACE.starts_with(out), "output does not start with the preface");
+        assert!(
+            PREFACE.starts_with(out),
+            "output does not start with the preface"
+        );
         return;
     };
     let mut block: Option<(u32, Vec<u8>)> = None;
@@ -173,12 +186,18 @@ fn check_output(out: &[u8]) {
                         .expect("emitted header block must decode with an empty dynamic table");
                     for (name, value) in fields {
                         if name == b":authority" {
-                            assert!(!needs_rewrite(&value), "invalid :authority {value:?} emitted");
+                            assert!(
+                                !needs_rewrite(&value),
+                                "invalid :authority {value:?} emitted"
+                            );
                         }
                     }
                 }
             }
-            _ => assert!(block.is_none(), "frame type {kind} inside an open header block"),
+            _ => assert!(
+                block.is_none(),
+                "frame type {kind} inside an open header block"
+            ),
         }
     }
 }

@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let payload_len = p.sealed.len() - gm_kms_plugin::cipher::TAG_LEN;
     ciphertext::write_header(&mut out, p.cipher_id, p.kek_id, p.wrapped_dk, payload_len)
         .expect("write_header refused fields that parse accepted");
-    assert_eq!(out.as_slice(), p.header, "write_header differs from the parsed header");
+    assert_eq!(
+        out.as_slice(),
+        p.header,
+        "write_header differs from the parsed header"
+    );
     out.extend_from_slice(p.nonce);
     out.extend_from_slice(p.sealed);
     assert_eq!(out.as_slice(), data);

@@ -10,7 +10,10 @@ use libfuzzer_sys::fuzz_target;
 const MAX_TEXT_CHARS: usize = 200 + 1;
 
 fn check_text(s: &str) {
-    assert!(s.chars().count() <= MAX_TEXT_CHARS, "remote text not shortened");
+    assert!(
+        s.chars().count() <= MAX_TEXT_CHARS,
+        "remote text not shortened"
+    );
     assert!(!s.chars().any(char::is_control), "control character kept");
 }
 

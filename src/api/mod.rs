@@ -67,6 +67,49 @@ async fn observed<T>(
     r
 }
 
+/// Seals within the caller's deadline, refusing a result over the API's ciphertext `limit`.
+async fn seal(
+    plugin: &Plugin,
+    metadata: &tonic::metadata::MetadataMap,
+    plaintext: &[u8],
+    limit: usize,
+    api: &'static str,
+) -> Result<crate::envelope::Sealed, Status> {
+    within_deadline(metadata, async {
+        let sealed = plugin
+            .envelope
+            .seal(plaintext)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        if sealed.ciphertext.len() > limit {
+            return Err(status::to_status(&crate::error::Error::TooLong {
+                len: sealed.ciphertext.len(),
+                limit,
+                api,
+            }));
+        }
+        Ok(sealed)
+    })
+    .await
+}
+
+/// Opens within the caller's deadline.
+async fn open(
+    plugin: &Plugin,
+    metadata: &tonic::metadata::MetadataMap,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, Status> {
+    within_deadline(metadata, async {
+        let plain = plugin
+            .envelope
+            .open(ciphertext)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        Ok(plain.to_vec())
+    })
+    .await
+}
+
 /// Runs `work` within the caller's deadline: past it the call answers `DeadlineExceeded` promptly instead
 /// of leaving kube-apiserver waiting on a slow provider.
 async fn within_deadline<T>(

@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
-use super::{observed, within_deadline};
-use crate::error::Error;
+use super::{observed, open, seal};
 use crate::metrics::Api;
 use crate::plugin::Plugin;
 use crate::proto::v1beta1::key_management_service_server::KeyManagementService;
@@ -64,25 +62,17 @@ impl KeyManagementService for V1 {
     ) -> Result<Response<EncryptResponse>, Status> {
         observed(&self.plugin, Api::V1, "Encrypt", async {
             check_version(&request.get_ref().version)?;
-            within_deadline(request.metadata(), async {
-                let sealed = self
-                    .plugin
-                    .envelope
-                    .seal(&request.get_ref().plain)
-                    .await
-                    .map_err(|e| to_status(&e))?;
-                if sealed.ciphertext.len() > MAX_CIPHERTEXT {
-                    return Err(to_status(&Error::TooLong {
-                        len: sealed.ciphertext.len(),
-                        limit: MAX_CIPHERTEXT,
-                        api: API_VERSION,
-                    }));
-                }
-                Ok(Response::new(EncryptResponse {
-                    cipher: sealed.ciphertext,
-                }))
-            })
-            .await
+            let sealed = seal(
+                &self.plugin,
+                request.metadata(),
+                &request.get_ref().plain,
+                MAX_CIPHERTEXT,
+                API_VERSION,
+            )
+            .await?;
+            Ok(Response::new(EncryptResponse {
+                cipher: sealed.ciphertext,
+            }))
         })
         .await
     }
@@ -93,18 +83,8 @@ impl KeyManagementService for V1 {
     ) -> Result<Response<DecryptResponse>, Status> {
         observed(&self.plugin, Api::V1, "Decrypt", async {
             check_version(&request.get_ref().version)?;
-            within_deadline(request.metadata(), async {
-                let plain = self
-                    .plugin
-                    .envelope
-                    .open(&request.get_ref().cipher)
-                    .await
-                    .map_err(|e| to_status(&e))?;
-                Ok(Response::new(DecryptResponse {
-                    plain: plain.to_vec(),
-                }))
-            })
-            .await
+            let plain = open(&self.plugin, request.metadata(), &request.get_ref().cipher).await?;
+            Ok(Response::new(DecryptResponse { plain }))
         })
         .await
     }

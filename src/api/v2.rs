@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
-use super::{observed, within_deadline};
-use crate::error::Error;
+use super::{observed, open, seal};
 use crate::metrics::Api;
 use crate::plugin::Plugin;
 use crate::proto::v2::key_management_service_server::KeyManagementService;
@@ -52,29 +50,21 @@ impl KeyManagementService for V2 {
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
         observed(&self.plugin, Api::V2, "Encrypt", async {
-            within_deadline(request.metadata(), async {
-                let sealed = self
-                    .plugin
-                    .envelope
-                    .seal(&request.get_ref().plaintext)
-                    .await
-                    .map_err(|e| to_status(&e))?;
-                if sealed.ciphertext.len() > MAX_CIPHERTEXT {
-                    return Err(to_status(&Error::TooLong {
-                        len: sealed.ciphertext.len(),
-                        limit: MAX_CIPHERTEXT,
-                        api: "v2",
-                    }));
-                }
-                Ok(Response::new(EncryptResponse {
-                    ciphertext: sealed.ciphertext,
-                    // The KEK that actually wrapped this data key: equal to Status.key_id except while sealing
-                    // falls back to an older key during a provider outage, when it tells the truth.
-                    key_id: sealed.kek_id.to_string(),
-                    annotations: Default::default(),
-                }))
-            })
-            .await
+            let sealed = seal(
+                &self.plugin,
+                request.metadata(),
+                &request.get_ref().plaintext,
+                MAX_CIPHERTEXT,
+                "v2",
+            )
+            .await?;
+            Ok(Response::new(EncryptResponse {
+                ciphertext: sealed.ciphertext,
+                // The KEK that actually wrapped this data key: equal to Status.key_id except while sealing
+                // falls back to an older key during a provider outage, when it tells the truth.
+                key_id: sealed.kek_id.to_string(),
+                annotations: Default::default(),
+            }))
         })
         .await
     }
@@ -85,18 +75,13 @@ impl KeyManagementService for V2 {
     ) -> Result<Response<DecryptResponse>, Status> {
         observed(&self.plugin, Api::V2, "Decrypt", async {
             // The request's key_id is advisory: the header names the KEK, and that is authenticated.
-            within_deadline(request.metadata(), async {
-                let plain = self
-                    .plugin
-                    .envelope
-                    .open(&request.get_ref().ciphertext)
-                    .await
-                    .map_err(|e| to_status(&e))?;
-                Ok(Response::new(DecryptResponse {
-                    plaintext: plain.to_vec(),
-                }))
-            })
-            .await
+            let plaintext = open(
+                &self.plugin,
+                request.metadata(),
+                &request.get_ref().ciphertext,
+            )
+            .await?;
+            Ok(Response::new(DecryptResponse { plaintext }))
         })
         .await
     }
