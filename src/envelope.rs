@@ -48,7 +48,9 @@ impl Envelope {
         }
         let key = self.datakeys.current().await?;
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| Error::Rng(e.to_string()))?;
+        // A per-thread ChaCha12 generator seeded (and periodically reseeded) from the OS CSPRNG: a fresh
+        // unpredictable nonce per message without a system call on every Encrypt.
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce);
         let mut out = Vec::new();
         ciphertext::write_header(
             &mut out,
