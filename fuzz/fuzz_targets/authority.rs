@@ -128,11 +128,18 @@ fn run(
                 );
             }
             Poll::Ready(Err(e)) => {
-                // A failed connection stays failed.
-                let mut rb = ReadBuf::new(&mut buf);
-                match Pin::new(&mut adapter).poll_read(&mut cx, &mut rb) {
-                    Poll::Ready(Err(_)) => {}
-                    other => panic!("read after an error gave {other:?}"),
+                // An error is final: reading again errs again (after a client Pending or two).
+                let again = (0..3).find_map(|_| {
+                    let mut rb = ReadBuf::new(&mut buf);
+                    pended.set(false);
+                    match Pin::new(&mut adapter).poll_read(&mut cx, &mut rb) {
+                        Poll::Pending if pended.get() => None,
+                        other => Some(other),
+                    }
+                });
+                match again {
+                    Some(Poll::Ready(Err(_))) => {}
+                    other => panic!("read after an error ({e}) gave {other:?}"),
                 }
                 return (out, Some(e));
             }
