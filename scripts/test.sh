@@ -52,5 +52,9 @@ mkdir -p "$STUBS"
 export GM_KMS_PYTHON=$VENV/bin/python
 export GM_KMS_PYSTUBS=$STUBS
 
-say "cargo test --all-targets $*"
-exec cargo test --all-targets "$@"
+# --show-output: the tests that measure (remote-call counts, overheads) print their numbers even when
+# they pass, so they land in the CI log.
+args=("$@")
+if [[ " ${args[*]-} " == *" -- "* ]]; then args+=(--show-output); else args+=(-- --show-output); fi
+say "cargo test --all-targets ${args[*]}"
+exec cargo test --all-targets "${args[@]}"
