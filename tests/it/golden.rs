@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::plugin::{binary, copy_key, repo, write_config};
+use crate::support::plugin::{binary, copy_key, repo, v2_decrypt, v2_encrypt, write_config};
 
 #[derive(serde::Deserialize)]
 struct Golden {
@@ -57,7 +57,6 @@ fn format_1_golden_ciphertexts_decrypt() {
 /// `GM_KMS_WRITE_GOLDEN=1 scripts/test.sh --test it golden::jdcloud` (then review the diff).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdcloud_golden_ciphertexts_decrypt() {
-    use gm_kms_plugin::proto::v2;
     use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
 
     let fake = FakeJdCloud::start().await;
@@ -72,15 +71,7 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
     if std::env::var_os("GM_KMS_WRITE_GOLDEN").is_some() {
         let mut out = Vec::new();
         for pt in [b"ping".to_vec(), (0u8..32).collect::<Vec<u8>>()] {
-            let ct = c
-                .encrypt(v2::EncryptRequest {
-                    plaintext: pt.clone(),
-                    uid: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .ciphertext;
+            let ct = v2_encrypt(&mut c, &pt).await.unwrap().ciphertext;
             out.push(json!({"key_id": fake.first_key(), "plaintext_hex": hex::encode(&pt), "ciphertext_hex": hex::encode(&ct)}));
         }
         std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
@@ -94,15 +85,7 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
         assert_eq!(&ct[..5], b"GMK\x01\x01");
         let parsed = gm_kms_plugin::ciphertext::parse(&ct).unwrap();
         assert_eq!(parsed.kek_id, format!("jdcloud-{}", fake.first_key()));
-        let pt = c
-            .decrypt(v2::DecryptRequest {
-                ciphertext: ct,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext;
+        let pt = v2_decrypt(&mut c, &ct).await.unwrap();
         assert_eq!(hex::encode(pt), v["plaintext_hex"].as_str().unwrap());
     }
 }

@@ -5,7 +5,9 @@ use gm_kms_plugin::proto::{v1beta1, v2};
 use serde_json::json;
 use tonic::Code;
 
-use crate::support::plugin::{self, Plugin, copy_key, openssl_key, sm2_setup, write_config};
+use crate::support::plugin::{
+    self, Plugin, copy_key, openssl_key, sm2_setup, v2_decrypt, v2_encrypt, write_config,
+};
 
 #[tokio::test]
 async fn v1_and_v2_round_trips_and_status() {
@@ -142,24 +144,8 @@ async fn concurrent_clients() {
             let mut c = plugin::v2(&socket).await;
             for i in 0..50u8 {
                 let msg = vec![client, i, 7, 7];
-                let ct = c
-                    .encrypt(v2::EncryptRequest {
-                        plaintext: msg.clone(),
-                        uid: String::new(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .ciphertext;
-                let pt = c
-                    .decrypt(v2::DecryptRequest {
-                        ciphertext: ct,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .plaintext;
+                let ct = v2_encrypt(&mut c, &msg).await.unwrap().ciphertext;
+                let pt = v2_decrypt(&mut c, &ct).await.unwrap();
                 assert_eq!(pt, msg);
             }
         }));
@@ -195,14 +181,9 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
     let s = sm2_setup(json!({}));
     let _p = Plugin::start(&s.config, &s.socket);
     let mut c = plugin::v2(&s.socket).await;
-    let good = c
-        .encrypt(v2::EncryptRequest {
-            plaintext: b"0123456789abcdef0123456789abcdef".to_vec(),
-            uid: String::new(),
-        })
+    let good = v2_encrypt(&mut c, b"0123456789abcdef0123456789abcdef")
         .await
         .unwrap()
-        .into_inner()
         .ciphertext;
 
     // Every single-bit flip anywhere is rejected, never answered with a plaintext.
@@ -318,15 +299,7 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Still serving.
-    let again = c
-        .decrypt(v2::DecryptRequest {
-            ciphertext: good,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let again = v2_decrypt(&mut c, &good).await.unwrap();
     assert_eq!(again, b"0123456789abcdef0123456789abcdef");
 }
 
@@ -334,44 +307,23 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
 async fn restart_decrypts_what_the_previous_process_wrote() {
     let s = sm2_setup(json!({}));
     let p = Plugin::start(&s.config, &s.socket);
-    let ct = plugin::v2(&s.socket)
-        .await
-        .encrypt(v2::EncryptRequest {
-            plaintext: b"survives restarts".to_vec(),
-            uid: String::new(),
-        })
+    let mut c = plugin::v2(&s.socket).await;
+    let ct = v2_encrypt(&mut c, b"survives restarts")
         .await
         .unwrap()
-        .into_inner()
         .ciphertext;
     assert_eq!(p.stop().code(), Some(0));
     assert!(!s.socket.exists(), "socket removed on SIGTERM");
     let p = Plugin::start(&s.config, &s.socket);
-    let pt = plugin::v2(&s.socket)
-        .await
-        .decrypt(v2::DecryptRequest {
-            ciphertext: ct.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let mut c = plugin::v2(&s.socket).await;
+    let pt = v2_decrypt(&mut c, &ct).await.unwrap();
     assert_eq!(pt, b"survives restarts");
     // kill -9 leaves the socket file behind; the next start reclaims it.
     p.kill9();
     assert!(s.socket.exists());
     let _p = Plugin::start(&s.config, &s.socket);
-    let pt = plugin::v2(&s.socket)
-        .await
-        .decrypt(v2::DecryptRequest {
-            ciphertext: ct,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let mut c = plugin::v2(&s.socket).await;
+    let pt = v2_decrypt(&mut c, &ct).await.unwrap();
     assert_eq!(pt, b"survives restarts");
 }
 
@@ -387,14 +339,7 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     );
     let p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let before = c
-        .encrypt(v2::EncryptRequest {
-            plaintext: b"old secret".to_vec(),
-            uid: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let before = v2_encrypt(&mut c, b"old secret").await.unwrap();
     let old_id = before.key_id.clone();
 
     // Rotate live with SIGHUP: new primary, old key decrypt-only.
@@ -423,28 +368,13 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
         "Status key_id changed after rotation:\n{}",
         p.logs()
     );
-    let after = c
-        .encrypt(v2::EncryptRequest {
-            plaintext: b"new secret".to_vec(),
-            uid: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = v2_encrypt(&mut c, b"new secret").await.unwrap();
     assert_eq!(after.key_id, new_id);
     for (ct, want) in [
         (before.ciphertext.clone(), &b"old secret"[..]),
         (after.ciphertext.clone(), &b"new secret"[..]),
     ] {
-        let pt = c
-            .decrypt(v2::DecryptRequest {
-                ciphertext: ct,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext;
+        let pt = v2_decrypt(&mut c, &ct).await.unwrap();
         assert_eq!(pt, want);
     }
 
@@ -455,15 +385,7 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     let st = c.status(v2::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.key_id, new_id);
     assert!(p.logs().contains("reload refused"), "{}", p.logs());
-    let pt = c
-        .decrypt(v2::DecryptRequest {
-            ciphertext: before.ciphertext.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let pt = v2_decrypt(&mut c, &before.ciphertext).await.unwrap();
     assert_eq!(pt, b"old secret");
     drop(p);
 
@@ -475,15 +397,7 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     );
     let p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let pt = c
-        .decrypt(v2::DecryptRequest {
-            ciphertext: before.ciphertext.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
+    let pt = v2_decrypt(&mut c, &before.ciphertext).await.unwrap();
     assert_eq!(pt, b"old secret");
     drop(p);
     write_config(
@@ -492,13 +406,7 @@ async fn rotation_new_primary_old_key_in_previous_keys() {
     );
     let _p = Plugin::start(&config, &socket);
     let mut c = plugin::v2(&socket).await;
-    let e = c
-        .decrypt(v2::DecryptRequest {
-            ciphertext: before.ciphertext,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = v2_decrypt(&mut c, &before.ciphertext).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains(&old_id), "{}", e.message());
 }

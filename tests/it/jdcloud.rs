@@ -8,11 +8,8 @@ use gm_kms_plugin::proto::{v1beta1, v2};
 use gm_kms_plugin::testing::fake_jdcloud::{FakeJdCloud, Fault};
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic::transport::Channel;
 
-use crate::support::plugin::{self, Plugin};
-
-type V2 = v2::key_management_service_client::KeyManagementServiceClient<Channel>;
+use crate::support::plugin::{self, Plugin, V2, v2_decrypt as decrypt, v2_encrypt};
 
 /// JD Cloud's own plugin config as the fake hands it out, plus `extra` fields.
 fn seed_config(fake: &FakeJdCloud, dir: &Path, extra: Value) -> (PathBuf, PathBuf) {
@@ -48,22 +45,7 @@ async fn wait_healthy(c: &mut V2) {
 }
 
 async fn encrypt(c: &mut V2, plain: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.encrypt(v2::EncryptRequest {
-        plaintext: plain.to_vec(),
-        uid: String::new(),
-    })
-    .await
-    .map(|r| r.into_inner().ciphertext)
-}
-
-/// Decrypt with kube-apiserver's 3 s deadline.
-async fn decrypt(c: &mut V2, ct: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    let mut req = tonic::Request::new(v2::DecryptRequest {
-        ciphertext: ct.to_vec(),
-        ..Default::default()
-    });
-    req.set_timeout(Duration::from_secs(3));
-    c.decrypt(req).await.map(|r| r.into_inner().plaintext)
+    v2_encrypt(c, plain).await.map(|r| r.ciphertext)
 }
 
 /// Runs `total` v2 Encrypts of distinct 32-byte DEKs over `conns` connections; returns (dek, ciphertext).

@@ -16,9 +16,9 @@ use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::plugin::{self, Plugin, copy_key, openssl_key, write_config};
-
-type V2 = v2::key_management_service_client::KeyManagementServiceClient<tonic::transport::Channel>;
+use crate::support::plugin::{
+    self, Plugin, V2, copy_key, openssl_key, v2_decrypt, v2_encrypt, write_config,
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers: a free port, a tiny HTTP/1.1 client, a Prometheus/OpenMetrics text parser.
@@ -405,24 +405,6 @@ async fn scrape(addr: SocketAddr) -> Exposition {
         "text/plain; version=0.0.4; charset=utf-8"
     );
     parse_exposition(&r.body, false)
-}
-
-async fn v2_encrypt(c: &mut V2, plain: &[u8]) -> Result<v2::EncryptResponse, tonic::Status> {
-    c.encrypt(v2::EncryptRequest {
-        plaintext: plain.to_vec(),
-        uid: String::new(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn v2_decrypt(c: &mut V2, ct: &[u8]) -> Result<Vec<u8>, tonic::Status> {
-    c.decrypt(v2::DecryptRequest {
-        ciphertext: ct.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .map(|r| r.into_inner().plaintext)
 }
 
 async fn key_id(c: &mut V2) -> String {

@@ -8,7 +8,9 @@ use gm_kms_plugin::proto::v2;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::support::plugin::{self, Plugin, binary, copy_key, sm2_setup, write_config};
+use crate::support::plugin::{
+    self, Plugin, binary, copy_key, sm2_setup, v2_decrypt, v2_encrypt, write_config,
+};
 
 /// Plaintext and ciphertext of every message sealed so far.
 type Sealed = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
@@ -53,15 +55,7 @@ fn spawn_load(
 async fn decrypt_all(socket: &std::path::Path, sealed: &[(Vec<u8>, Vec<u8>)]) {
     let mut c = plugin::v2(socket).await;
     for (msg, ct) in sealed {
-        let pt = c
-            .decrypt(v2::DecryptRequest {
-                ciphertext: ct.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .plaintext;
+        let pt = v2_decrypt(&mut c, ct).await.unwrap();
         assert_eq!(&pt, msg);
     }
 }
@@ -168,15 +162,7 @@ async fn abruptly_dropped_connections_do_not_hurt() {
         .unwrap()
         .count();
     let mut c = plugin::v2(&s.socket).await;
-    let ct = c
-        .encrypt(v2::EncryptRequest {
-            plaintext: b"still here".to_vec(),
-            uid: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .ciphertext;
+    let ct = v2_encrypt(&mut c, b"still here").await.unwrap().ciphertext;
     decrypt_all(&s.socket, &[(b"still here".to_vec(), ct)]).await;
     println!("open fds after 100 dropped connections: {fds}");
     assert!(fds < 64, "{fds} open file descriptors");
