@@ -168,21 +168,7 @@ fn rand_suffix() -> u64 {
     u64::from_le_bytes(b) % 1000
 }
 
-/// A tonic channel over the unix socket (tonic sets `:authority` from the endpoint URI: a valid one).
-pub async fn channel(socket: &Path) -> Channel {
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to plugin socket")
-}
+pub use gm_kms_plugin::testing::client::uds_channel as channel;
 
 /// A KMS v2 client over a unix socket.
 pub type V2 = V2Client<Channel>;
