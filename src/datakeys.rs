@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use sm3::{Digest, Sm3};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
@@ -49,7 +48,8 @@ const LEGACY_FORM: u8 = 0;
 /// The info line about legacy reads comes at most this often.
 const LEGACY_LOG_EVERY: Duration = Duration::from_secs(60);
 
-type CacheKey = [u8; 32];
+/// Exactly the bytes that determine a cached key (see [`cache_key`]); shared, so clones are cheap.
+type CacheKey = Arc<[u8]>;
 /// A legacy payload, zeroized when the cache and the last reader let go of it.
 type LegacyPlain = Arc<Zeroizing<Vec<u8>>>;
 /// One call's result, shared by every caller waiting on it.
@@ -343,7 +343,7 @@ impl DataKeys {
             result
         };
         self.unwrapping
-            .run(key, unwrap, |unwrapped: Arc<dyn Cipher>| {
+            .run(key.clone(), unwrap, |unwrapped: Arc<dyn Cipher>| {
                 let out = open(unwrapped.as_ref()).map_err(|_| Error::Authentication)?;
                 // Only a key that opened its payload is cached.
                 lock(&self.cache).put(key, unwrapped);
@@ -383,7 +383,7 @@ impl DataKeys {
         };
         let plain = self
             .legacy_opening
-            .run(key, call, |plain: LegacyPlain| {
+            .run(key.clone(), call, |plain: LegacyPlain| {
                 lock(&self.legacy_cache).put(key, plain.clone());
                 Ok(plain)
             })
@@ -466,7 +466,7 @@ impl<V: Clone> SingleFlight<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, Error>>,
     {
-        let cell = lock(&self.calls).entry(key).or_default().clone();
+        let cell = lock(&self.calls).entry(key.clone()).or_default().clone();
         let _leave = Leave {
             calls: &self.calls,
             key,
@@ -504,16 +504,18 @@ impl<V> Drop for Leave<'_, V> {
     }
 }
 
-/// The cache is keyed by a hash of exactly what determines the data key: cipher, KEK id and wrapped bytes
-/// (lengths included, so no two different tuples collide by concatenation).
+/// The cache is keyed by exactly what determines the data key: cipher, KEK id and wrapped bytes, with
+/// lengths so no two different tuples collide by concatenation. The LRU hashes it with its own (randomly
+/// seeded) hasher; keeping the bytes themselves makes a collision impossible, and is ~10 times cheaper per
+/// Decrypt than the SM3 digest this used to be (callgrind: 9,300 instructions of ~15,000 per open).
 fn cache_key(cipher_id: u8, kek_id: &str, wrapped: &[u8]) -> CacheKey {
-    let mut h = Sm3::new();
-    h.update([cipher_id]);
-    h.update((kek_id.len() as u64).to_be_bytes());
-    h.update(kek_id.as_bytes());
-    h.update((wrapped.len() as u64).to_be_bytes());
-    h.update(wrapped);
-    h.finalize().into()
+    let mut k = Vec::with_capacity(1 + 4 + kek_id.len() + 4 + wrapped.len());
+    k.push(cipher_id);
+    k.extend_from_slice(&(kek_id.len() as u32).to_be_bytes());
+    k.extend_from_slice(kek_id.as_bytes());
+    k.extend_from_slice(&(wrapped.len() as u32).to_be_bytes());
+    k.extend_from_slice(wrapped);
+    k.into()
 }
 
 /// A provider for unit tests here and in [`crate::envelope`].
