@@ -8,6 +8,13 @@
 //!
 //! Run without `--bench` (as `cargo test --all-targets` does) it runs a seconds-long smoke pass, so the
 //! benchmark cannot rot.
+// Test code: a panic is a failed test, and helpers shared across modules are `pub` by nature.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use gm_kms_plugin::cipher::{Cipher, Sm4Gcm};
 use gm_kms_plugin::proto::{v1beta1, v2};
-use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
+use gm_kms_testkit::fake_jdcloud::FakeJdCloud;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -188,8 +195,8 @@ fn floor_server(socket: &Path, raw: bool) {
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
                 .await
         } else {
-            let incoming = UnixListenerStream::new(listener)
-                .map(|c| c.map(gm_kms_plugin::authority::normalize));
+            let incoming =
+                UnixListenerStream::new(listener).map(|c| c.map(gm_kms_authority::normalize));
             router.serve_with_incoming_shutdown(incoming, stop).await
         }
         .expect("floor server");

@@ -8,6 +8,13 @@
 //!   made and failed, wrong or empty answers (must be 0), and the time to recover.
 //!
 //! Run without `--bench` (as `cargo test --all-targets` does) both run in a seconds-long smoke size.
+// Test code: a panic is a failed test, and helpers shared across modules are `pub` by nature.
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::{channel, fd_count, sm2_config, start_plugin};
 use gm_kms_plugin::proto::v2;
-use gm_kms_plugin::testing::fake_jdcloud::{FakeJdCloud, Fault};
+use gm_kms_testkit::fake_jdcloud::{FakeJdCloud, Fault};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -2,7 +2,8 @@
 # Runs one fuzz target for a bounded time with its seeds, then prints the libFuzzer figures.
 #
 #   fuzz/run.sh TARGET SECONDS [libFuzzer args...]
-#   targets: ciphertext open_path config jdcloud_wire authority   (fuzz/run-all.sh SECONDS runs each in turn)
+#   targets: ciphertext open_path config jdcloud_wire   (fuzz/run-all.sh SECONDS runs each in turn, then the
+#   :authority adapter's target with crates/authority/fuzz/run.sh, which takes the same arguments)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). It drives the stable toolchain with RUSTC_BOOTSTRAP=1,
 # because cargo-fuzz passes nightly -Z flags (-Zsanitizer=address). Build: release with debug assertions and
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,6p' "$0" >&2
+    sed -n '2,7p' "$0" >&2
     exit 2
 fi
 target=$1

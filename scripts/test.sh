@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: sets up the Python test tools (.venv, gRPC stubs), then `cargo test`.
-# Usage: scripts/test.sh [cargo test args...]   e.g. scripts/test.sh --lib, scripts/test.sh -- --nocapture
+# Runs the whole test suite: sets up the Python test tools (.venv, gRPC stubs), then two steps:
+#   1. `cargo test --workspace --all-targets`: every test that needs no Python (the oracles' answers are frozen in
+#      tests/vectors/ by tests/py/gen_vectors.py); this is what a machine without the venv can run too.
+#   2. live oracles: `tests/py/gen_vectors.py --check` (the frozen answers are still what the oracles say),
+#      then exactly the `#[ignore]`d `live::` tests, which run the Python oracles at test time (fresh
+#      SM4-GCM cases in `cryptography`, the official JD Cloud SDK's signer, a grpcio client sending every
+#      `:authority` kube-apiserver sends): `cargo test --lib --test it -- --ignored live::`.
+# Usage: scripts/test.sh [--no-live | --live-only] [cargo test args...]
+#   e.g. scripts/test.sh --lib, scripts/test.sh -- --nocapture; the args go to step 1 only.
 # Needs only the Rust toolchain, the openssl CLI, python3 and pip; everything else comes from PyPI.
 set -euo pipefail
+
+steps=both
+case ${1-} in
+--no-live) steps=main; shift ;;
+--live-only) steps=live; shift ;;
+esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -52,9 +65,19 @@ mkdir -p "$STUBS"
 export GM_KMS_PYTHON=$VENV/bin/python
 export GM_KMS_PYSTUBS=$STUBS
 
-# --show-output: the tests that measure (remote-call counts, overheads) print their numbers even when
-# they pass, so they land in the CI log.
-args=("$@")
-if [[ " ${args[*]-} " == *" -- "* ]]; then args+=(--show-output); else args+=(-- --show-output); fi
-say "cargo test --all-targets ${args[*]}"
-exec cargo test --all-targets "${args[@]}"
+# 5. Step 1, the main run. --show-output: the tests that measure (remote-call counts, overheads) print
+#    their numbers even when they pass, so they land in the CI log.
+if [[ $steps != live ]]; then
+    args=("$@")
+    if [[ " ${args[*]-} " == *" -- "* ]]; then args+=(--show-output); else args+=(-- --show-output); fi
+    say "step 1/2: cargo test --workspace --all-targets ${args[*]}"
+    cargo test --workspace --all-targets "${args[@]}"
+fi
+
+# 6. Step 2, the live oracles (the only tests that run Python; all `#[ignore]`d in step 1).
+if [[ $steps != main ]]; then
+    say "step 2/2, live oracles: tests/py/gen_vectors.py --check"
+    "$VENV/bin/python" tests/py/gen_vectors.py --check
+    say "step 2/2, live oracles: cargo test --lib --test it -- --ignored live::"
+    cargo test --lib --test it -- --ignored live:: --show-output
+fi

@@ -15,6 +15,11 @@ pub const NONCE_LEN: usize = 12;
 /// Authentication tag length (128 bits).
 pub const TAG_LEN: usize = 16;
 
+/// No data key seals more messages than this, whatever the config says: the bound under which random
+/// 96-bit GCM nonces stay safe (NIST SP 800-38D §8.3). It belongs to the cipher, not to the policy that
+/// obeys it.
+pub const HARD_MAX_USES: u64 = 1 << 32;
+
 /// Cipher id byte of SM4-GCM in the ciphertext header.
 pub const SM4_GCM: u8 = 0x01;
 
@@ -59,6 +64,7 @@ pub fn for_id(id: u8, key: &DataKey) -> Option<Box<dyn Cipher>> {
 pub struct Sm4Gcm(AesGcm<Sm4, U12>);
 
 impl Sm4Gcm {
+    /// The cipher keyed with `key`.
     pub fn new(key: &DataKey) -> Self {
         let key = Array::from(*key.as_bytes());
         Self(AesGcm::new(&key))

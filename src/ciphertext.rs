@@ -28,20 +28,28 @@ pub const MAX_KEK_ID_LEN: usize = 255;
 /// Why bytes are not a format-1 ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    /// The first three bytes are not `GMK`.
     #[error("not a gm-kms-plugin ciphertext (no GMK magic)")]
     BadMagic,
+    /// A format version this build does not read.
     #[error("unsupported ciphertext format version {0}")]
     UnsupportedVersion(u8),
+    /// A cipher id this build does not know.
     #[error("unknown cipher id {0}")]
     UnknownCipher(u8),
+    /// The bytes end before the named field.
     #[error("truncated ciphertext: {0} missing")]
     Truncated(&'static str),
+    /// The key id length byte is zero.
     #[error("key id length must be 1..=255")]
     EmptyKekId,
+    /// The key id is not UTF-8.
     #[error("key id is not UTF-8")]
     KekIdNotUtf8,
+    /// The wrapped key length is zero or over the format's bound.
     #[error("wrapped data key length {0} is outside 1..=4096")]
     WrappedKeyLength(usize),
+    /// Nothing after the nonce but the tag.
     #[error("ciphertext carries no payload")]
     EmptyPayload,
 }
@@ -51,9 +59,13 @@ pub enum FormatError {
 pub struct Parsed<'a> {
     /// Bytes `[0, 8+n+m)`: the AAD of the payload seal.
     pub header: &'a [u8],
+    /// The cipher the payload is sealed with.
     pub cipher_id: u8,
+    /// The key-encryption key that wrapped the data key.
     pub kek_id: &'a str,
+    /// The wrapped data key, in the provider's format.
     pub wrapped_dk: &'a [u8],
+    /// The payload seal's nonce.
     pub nonce: &'a [u8; NONCE_LEN],
     /// Payload ciphertext followed by the tag.
     pub sealed: &'a [u8],

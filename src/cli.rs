@@ -22,6 +22,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
+    /// What to do; `serve` when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -53,6 +54,7 @@ pub enum Command {
 /// Largest input `encrypt`/`decrypt` read from stdin.
 const MAX_STDIN: u64 = 64 * 1024 * 1024;
 
+/// Runs the command line: serves, or runs a one-shot command.
 pub fn run(cli: Cli) -> Result<()> {
     let configured = || -> Result<Config> {
         let config = load_config(cli.config.as_deref())?;
@@ -74,9 +76,9 @@ fn filter_stdin(config: Config, seal: bool) -> Result<()> {
     let out = runtime()?.block_on(async {
         let plugin = Plugin::load(config)?;
         anyhow::Ok(if seal {
-            plugin.envelope.seal(&input).await?.ciphertext
+            plugin.envelope().seal(&input).await?.ciphertext
         } else {
-            plugin.envelope.open(&input).await?.to_vec()
+            plugin.envelope().open(&input).await?.to_vec()
         })
     })?;
     write_stdout(&out)
@@ -159,13 +161,13 @@ async fn check(config: Config) -> Result<()> {
     let plugin = Plugin::load(config).context("loading config and keys")?;
     println!("config {}: ok", plugin.config().path.display());
     println!("self-tests (SM2, SM3, SM4, SM4-GCM known answers): ok");
-    let state = plugin.envelope.datakeys().state();
+    let keyring = plugin.datakeys().keyring();
     let mut failed = false;
-    for id in state.keyring.ids() {
-        let Some(p) = state.keyring.get(id) else {
+    for id in keyring.ids() {
+        let Some(p) = keyring.get(id) else {
             continue;
         };
-        let role = if id == state.keyring.primary().kek_id() {
+        let role = if id == keyring.primary().kek_id() {
             "primary"
         } else {
             "previous"
@@ -182,7 +184,7 @@ async fn check(config: Config) -> Result<()> {
         "legacy ciphertexts (JD Cloud plugin form): {}",
         legacy_line(&plugin)
     );
-    match plugin.health.probe(plugin.envelope.datakeys()).await {
+    match plugin.health().probe(&plugin.datakeys()).await {
         Ok(()) => println!("primary key wrap/unwrap round trip: ok"),
         Err(e) => {
             failed = true;
@@ -190,9 +192,9 @@ async fn check(config: Config) -> Result<()> {
         }
     }
     let probe = b"gm-kms-plugin check";
-    let sealed = plugin.envelope.seal(probe).await.context("seal")?;
+    let sealed = plugin.envelope().seal(probe).await.context("seal")?;
     let opened = plugin
-        .envelope
+        .envelope()
         .open(&sealed.ciphertext)
         .await
         .context("open")?;
@@ -214,10 +216,9 @@ async fn check(config: Config) -> Result<()> {
 /// Which keys read legacy ciphertexts, in the order they are tried, and how many legacy reads this process
 /// has answered (DESIGN §2; docs/migration-from-jdcloud-plugin.md).
 fn legacy_line(plugin: &Plugin) -> String {
-    let datakeys = plugin.envelope.datakeys();
-    let state = datakeys.state();
-    let keys: Vec<&str> = state
-        .keyring
+    let datakeys = plugin.datakeys();
+    let keyring = datakeys.keyring();
+    let keys: Vec<&str> = keyring
         .legacy_readers()
         .iter()
         .map(|p| p.kek_id())
@@ -226,7 +227,7 @@ fn legacy_line(plugin: &Plugin) -> String {
         return "not read (no key has LegacyCiphertexts)".into();
     }
     let reads = datakeys
-        .stats
+        .stats()
         .legacy_reads
         .load(std::sync::atomic::Ordering::Relaxed);
     format!(
@@ -240,25 +241,25 @@ async fn serve(config: Config) -> Result<()> {
     let plugin = Plugin::load(config).context("loading config and keys")?;
     let config = plugin.config();
     let socket = crate::server::bind(&config.socket)?;
-    let state = plugin.envelope.datakeys().state();
+    let keyring = plugin.datakeys().keyring();
     tracing::info!(
         version = crate::RUNTIME_VERSION,
         socket = %config.socket,
-        primary = state.keyring.primary().kek_id(),
-        keys = ?state.keyring.ids(),
+        primary = keyring.primary().kek_id(),
+        keys = ?keyring.ids(),
         legacy = %legacy_line(&plugin),
         kms_v2_version = %config.kms_v2_version,
         ready_ms = started.elapsed().as_millis() as u64,
         "gm-kms-plugin serving KMS v1beta1 and v2"
     );
-    let prober = crate::health::spawn_prober(plugin.clone());
+    let prober = crate::health::spawn_prober(plugin.datakeys(), plugin.health());
     // The HTTP side door (/livez /healthz /metrics): binds in the background, so a busy port never delays
     // or stops the KMS socket (DESIGN §5).
     let http = config
         .health_addr
         .map(|addr| crate::http::spawn(plugin.clone(), addr));
     let reloader = tokio::spawn(reload_on_sighup(plugin.clone()));
-    let result = crate::server::serve(plugin, socket, shutdown_signal()).await;
+    let result = crate::server::serve(plugin.backend(), socket, shutdown_signal()).await;
     prober.abort();
     reloader.abort();
     if let Some(http) = http {
@@ -291,7 +292,7 @@ async fn reload_on_sighup(plugin: Arc<Plugin>) {
         return;
     };
     while hup.recv().await.is_some() {
-        let before = plugin.envelope.primary_kek_id();
+        let before = plugin.envelope().primary_kek_id();
         match plugin.reload() {
             Ok(primary) if primary != before => {
                 tracing::info!(from = %before, to = %primary, "reloaded: primary key rotated")

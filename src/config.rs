@@ -2,7 +2,8 @@
 //!
 //! Field names are PascalCase so that the config file of JD Cloud's own plugin works unchanged. Every
 //! error names the file and the field at fault. Secrets referenced by path (`SecretKeyFile`) are read here,
-//! through [`crate::keyfile`], so permission checks apply to every secret file alike.
+//! through [`crate::keyfile`], so permission checks apply to every secret file alike; key files and the
+//! `sdf` password file are read, through the same module, when their provider loads.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,22 +17,40 @@ use crate::secret::SecretString;
 
 /// Default socket path, the one JD Cloud's plugin and its static-pod manifests use.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/k8s-kms-plugin/kms-plugin.sock";
+/// `HealthAddr` when the config has none.
 pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:8787";
+/// `DataKeyMaxUses` default (DESIGN §3).
 pub const DEFAULT_DATA_KEY_MAX_USES: u64 = 1 << 20;
+/// `DataKeyMaxAgeSeconds` default.
 pub const DEFAULT_DATA_KEY_MAX_AGE_SECONDS: u64 = 3600;
+/// `DataKeyCacheSize` default.
 pub const DEFAULT_DATA_KEY_CACHE_SIZE: usize = 1024;
+/// `KmsTimeoutMs` default.
 pub const DEFAULT_KMS_TIMEOUT_MS: u64 = 2000;
+/// Default size of an `sdf` key's session pool (`SdfSessions`).
+pub const DEFAULT_SDF_SESSIONS: u32 = 4;
+/// Largest `SdfSessions`: a cipher machine serves many clients, and wrap/unwrap are rare (DESIGN §3).
+pub const MAX_SDF_SESSIONS: u32 = 64;
 
 /// A configuration problem, always naming the file and, where there is one, the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: cannot read: {source}")]
+    /// The file could not be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// The file is not a valid config.
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
 }
 
 /// Where the gRPC socket lives.
@@ -55,6 +74,7 @@ impl std::fmt::Display for SocketSpec {
 /// A local SM2 key-encryption key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sm2Spec {
+    /// `Sm2PrivateKeyFile`.
     pub private_key_file: PathBuf,
     /// Explicit KEK id; derived from the public key when absent (DESIGN §4).
     pub key_id: Option<String>,
@@ -72,31 +92,62 @@ pub enum SignVersion {
 /// A JD Cloud KMS key-encryption key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JdCloudSpec {
+    /// `AccessKey`.
     pub access_key: SecretString,
+    /// `SecretKey` (or the contents of `SecretKeyFile`).
     pub secret_key: SecretString,
     /// `host[:port]`, no scheme.
     pub endpoint: String,
+    /// `KmsKeyId`.
     pub key_id: String,
     /// `https` or `http`.
     pub schema: String,
+    /// `KmsTimeoutMs`.
     pub timeout: Duration,
+    /// `KmsSignVersion`.
     pub sign_version: SignVersion,
     /// Also read ciphertexts written by JD Cloud's own plugin (no header).
     pub legacy_ciphertexts: bool,
 }
 
+/// An SM2 key-encryption key inside a GM/T 0018 cipher machine, reached through the vendor's SDF library
+/// (DESIGN §4, issue 12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdfSpec {
+    /// Absolute path of the vendor's SDF shared library.
+    pub library: PathBuf,
+    /// The device's internal SM2 encryption key pair, 1-based as in GM/T 0018.
+    pub key_index: u32,
+    /// The file holding the private-key access password (`SdfPinFile`), read with the secret-file rules
+    /// when the provider loads, as key files are; `None` when the device needs none.
+    pub pin_file: Option<PathBuf>,
+    /// Struct layouts, algorithm ids and signatures the library uses.
+    pub profile: gm_sdf::Profile,
+    /// Session pool size.
+    pub sessions: u32,
+    /// Explicit KEK id; derived from the device key's public key when absent, exactly as for `sm2`.
+    pub key_id: Option<String>,
+}
+
 /// One key-encryption key of the keyring, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySpec {
+    /// A local SM2 key file.
     Sm2(Sm2Spec),
+    /// A JD Cloud KMS key.
     JdCloud(JdCloudSpec),
+    /// A key inside a cipher machine (`Provider: sdf`).
+    Sdf(SdfSpec),
 }
 
 /// When the current data key is replaced (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataKeyPolicy {
+    /// `DataKeyMaxUses`.
     pub max_uses: u64,
+    /// `DataKeyMaxAgeSeconds`.
     pub max_age: Duration,
+    /// `DataKeyCacheSize`.
     pub cache_size: usize,
 }
 
@@ -115,14 +166,19 @@ impl Default for DataKeyPolicy {
 pub struct Config {
     /// The file this came from (reloads re-read it).
     pub path: PathBuf,
+    /// `GRPCSocketPath`.
     pub socket: SocketSpec,
+    /// The top-level key: it wraps new data keys.
     pub primary: KeySpec,
+    /// `PreviousKeys`: decrypt-only.
     pub previous: Vec<KeySpec>,
     /// `None` when `HealthAddr` is `""`.
     pub health_addr: Option<SocketAddr>,
+    /// Data-key reuse and cache.
     pub data_keys: DataKeyPolicy,
     /// What KMS v2 `Status.version` answers.
     pub kms_v2_version: String,
+    /// `DebugMode`.
     pub debug: bool,
 }
 
@@ -142,6 +198,13 @@ struct RawKey {
     kms_timeout_ms: Option<u64>,
     kms_sign_version: Option<u8>,
     legacy_ciphertexts: Option<bool>,
+    // The `Sdf*` fields are JSON values checked by hand: a type error inside this flattened struct would
+    // otherwise be reported without the field's name.
+    sdf_library: Option<serde_json::Value>,
+    sdf_key_index: Option<serde_json::Value>,
+    sdf_pin_file: Option<serde_json::Value>,
+    sdf_profile: Option<serde_json::Value>,
+    sdf_sessions: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -250,7 +313,7 @@ impl Config {
             )
             .map_err(invalid)? as usize,
         };
-        if data_keys.max_uses > crate::datakeys::HARD_MAX_USES {
+        if data_keys.max_uses > crate::cipher::HARD_MAX_USES {
             return Err(invalid(format!(
                 "field DataKeyMaxUses: {} is above the hard limit of 2^32 encryptions per data key",
                 data_keys.max_uses
@@ -362,7 +425,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
         None if raw.sm2_private_key_file.is_some() => "sm2".into(),
         None => {
             return Err(format!(
-                "{at}Provider is missing and cannot be inferred: set Provider, or Sm2PrivateKeyFile (sm2), or KmsKeyId (jdcloud)"
+                "{at}Provider is missing and cannot be inferred: set Provider, or Sm2PrivateKeyFile (sm2), or KmsKeyId (jdcloud); an sdf key needs \"Provider\": \"sdf\""
             ));
         }
     };
@@ -387,6 +450,11 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                     ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
                     ("KmsSignVersion", raw.kms_sign_version.is_some()),
                     ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
+                    ("SdfLibrary", raw.sdf_library.is_some()),
+                    ("SdfKeyIndex", raw.sdf_key_index.is_some()),
+                    ("SdfPinFile", raw.sdf_pin_file.is_some()),
+                    ("SdfProfile", raw.sdf_profile.is_some()),
+                    ("SdfSessions", raw.sdf_sessions.is_some()),
                 ],
                 "sm2",
             )?;
@@ -406,6 +474,11 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                 &[
                     ("Sm2PrivateKeyFile", raw.sm2_private_key_file.is_some()),
                     ("Sm2KeyId", raw.sm2_key_id.is_some()),
+                    ("SdfLibrary", raw.sdf_library.is_some()),
+                    ("SdfKeyIndex", raw.sdf_key_index.is_some()),
+                    ("SdfPinFile", raw.sdf_pin_file.is_some()),
+                    ("SdfProfile", raw.sdf_profile.is_some()),
+                    ("SdfSessions", raw.sdf_sessions.is_some()),
                 ],
                 "jdcloud",
             )?;
@@ -482,10 +555,99 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                 legacy_ciphertexts: raw.legacy_ciphertexts.unwrap_or(legacy_default),
             }))
         }
+        "sdf" => {
+            stray(
+                &[
+                    ("Sm2PrivateKeyFile", raw.sm2_private_key_file.is_some()),
+                    ("AccessKey", raw.access_key.is_some()),
+                    ("SecretKey", raw.secret_key.is_some()),
+                    ("SecretKeyFile", raw.secret_key_file.is_some()),
+                    ("KmsEndpoint", raw.kms_endpoint.is_some()),
+                    ("KmsKeyId", raw.kms_key_id.is_some()),
+                    ("KmsSchema", raw.kms_schema.is_some()),
+                    ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
+                    ("KmsSignVersion", raw.kms_sign_version.is_some()),
+                    ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
+                ],
+                "sdf",
+            )?;
+            sdf_spec(raw, base, at).map(KeySpec::Sdf)
+        }
         other => Err(format!(
-            "field {at}Provider: {other:?} is not a provider; use \"sm2\" or \"jdcloud\""
+            "field {at}Provider: {other:?} is not a provider; use \"sm2\", \"jdcloud\" or \"sdf\""
         )),
     }
+}
+
+/// The fields of an `sdf` key (DESIGN §5).
+fn sdf_spec(raw: RawKey, base: &Path, at: &str) -> Result<SdfSpec, String> {
+    let string = |v: &serde_json::Value, field: &str| -> Result<String, String> {
+        match v.as_str() {
+            Some(s) if !s.is_empty() => Ok(s.to_owned()),
+            _ => Err(format!("field {at}{field}: {v} is not a non-empty string")),
+        }
+    };
+    let library = PathBuf::from(string(
+        raw.sdf_library
+            .as_ref()
+            .ok_or_else(|| format!("field {at}SdfLibrary is required for Provider \"sdf\""))?,
+        "SdfLibrary",
+    )?);
+    // Absolute only: the loader would otherwise search LD_LIBRARY_PATH and the system directories, and
+    // which vendor code runs inside the plugin must not depend on the environment.
+    if !library.is_absolute() {
+        return Err(format!(
+            "field {at}SdfLibrary: {:?} must be an absolute path (the vendor library is loaded from exactly there)",
+            library.display().to_string()
+        ));
+    }
+    let key_index = match &raw.sdf_key_index {
+        None => {
+            return Err(format!(
+                "field {at}SdfKeyIndex is required for Provider \"sdf\""
+            ));
+        }
+        Some(v) => bounded_u32(v, 1, u32::MAX).map_err(|e| {
+            format!("field {at}SdfKeyIndex: {e} (the device's internal SM2 key pair, 1-based)")
+        })?,
+    };
+    let sessions = match &raw.sdf_sessions {
+        None => DEFAULT_SDF_SESSIONS,
+        Some(v) => bounded_u32(v, 1, MAX_SDF_SESSIONS)
+            .map_err(|e| format!("field {at}SdfSessions: {e}"))?,
+    };
+    let profile = match &raw.sdf_profile {
+        None => gm_sdf::Profile::default(),
+        Some(v) => string(v, "SdfProfile")?
+            .parse::<gm_sdf::Profile>()
+            .map_err(|e| format!("field {at}SdfProfile: {e}"))?,
+    };
+    let pin_file = match &raw.sdf_pin_file {
+        None => None,
+        Some(v) => Some(resolve(base, PathBuf::from(string(v, "SdfPinFile")?))),
+    };
+    if let Some(id) = &raw.sm2_key_id {
+        validate_key_id(id).map_err(|e| format!("field {at}Sm2KeyId: {e}"))?;
+    }
+    Ok(SdfSpec {
+        library,
+        key_index,
+        pin_file,
+        profile,
+        sessions,
+        key_id: raw.sm2_key_id,
+    })
+}
+
+/// A JSON integer in `min..=max`.
+fn bounded_u32(v: &serde_json::Value, min: u32, max: u32) -> Result<u32, String> {
+    let n = v
+        .as_u64()
+        .ok_or_else(|| format!("{v} is not a whole number from {min} to {max}"))?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("{n} is not from {min} to {max}"))
 }
 
 /// A KEK id is stored in a 1-byte length field and sent to kube-apiserver as `key_id`.
@@ -626,6 +788,132 @@ mod tests {
         assert_eq!(c.previous.len(), 2);
         assert!(matches!(&c.previous[0], KeySpec::Sm2(s) if s.key_id.as_deref() == Some("old")));
         assert!(matches!(&c.previous[1], KeySpec::JdCloud(j) if j.legacy_ciphertexts));
+    }
+
+    const SDF: &str = r#""Provider": "sdf", "SdfLibrary": "/opt/vendor/libsdf.so""#;
+
+    fn sdf(extra: &str) -> Result<SdfSpec, String> {
+        let c = parse(&format!("{{{SDF}{extra}}}"))?;
+        match c.primary {
+            KeySpec::Sdf(s) => Ok(s),
+            other => panic!("expected sdf, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sdf_minimal_config_gets_defaults() {
+        let s = sdf(r#", "SdfKeyIndex": 1"#).unwrap();
+        assert_eq!(
+            s,
+            SdfSpec {
+                library: "/opt/vendor/libsdf.so".into(),
+                key_index: 1,
+                pin_file: None,
+                profile: gm_sdf::Profile::Gmt0018_2012,
+                sessions: DEFAULT_SDF_SESSIONS,
+                key_id: None,
+            }
+        );
+    }
+
+    #[test]
+    fn sdf_all_fields() {
+        let s = sdf(
+            r#", "SdfKeyIndex": 7, "SdfPinFile": "keys/pin", "SdfProfile": "sansec", "SdfSessions": 64,
+                "Sm2KeyId": "hsm-2026""#,
+        )
+        .unwrap();
+        assert_eq!(s.key_index, 7);
+        // Relative to the config file, as key files are; read when the provider loads.
+        assert_eq!(
+            s.pin_file.as_deref(),
+            Some(Path::new("/etc/gm-kms/keys/pin"))
+        );
+        assert_eq!(s.profile, gm_sdf::Profile::Sansec);
+        assert_eq!(s.sessions, 64);
+        assert_eq!(s.key_id.as_deref(), Some("hsm-2026"));
+        let s = sdf(r#", "SdfKeyIndex": 2, "SdfProfile": "gmt0018-2023""#).unwrap();
+        assert_eq!(s.profile, gm_sdf::Profile::Gmt0018_2023);
+        assert_eq!(s.sessions, DEFAULT_SDF_SESSIONS);
+    }
+
+    #[test]
+    fn sdf_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("", "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": 0"#, "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": -1"#, "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": 1.5"#, "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": "1""#, "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": 4294967296"#, "SdfKeyIndex"),
+            (r#", "SdfKeyIndex": 1, "SdfSessions": 0"#, "SdfSessions"),
+            (r#", "SdfKeyIndex": 1, "SdfSessions": 65"#, "SdfSessions"),
+            (r#", "SdfKeyIndex": 1, "SdfSessions": "4""#, "SdfSessions"),
+            (
+                r#", "SdfKeyIndex": 1, "SdfProfile": "GMT0018-2012""#,
+                "SdfProfile",
+            ),
+            (r#", "SdfKeyIndex": 1, "SdfProfile": 2012"#, "SdfProfile"),
+            (r#", "SdfKeyIndex": 1, "SdfPinFile": """#, "SdfPinFile"),
+            (
+                r#", "SdfKeyIndex": 1, "SdfLibrary": ["/x.so"]"#,
+                "SdfLibrary",
+            ),
+            (r#", "SdfKeyIndex": 1, "SdfPinFile": 7"#, "SdfPinFile"),
+            (r#", "SdfKeyIndex": 1, "Sm2KeyId": "a b""#, "Sm2KeyId"),
+            (
+                r#", "SdfKeyIndex": 1, "Sm2PrivateKeyFile": "k.pem""#,
+                "Sm2PrivateKeyFile",
+            ),
+            (r#", "SdfKeyIndex": 1, "KmsKeyId": "k""#, "KmsKeyId"),
+            (r#", "SdfKeyIndex": 1, "SdfLibary": "/x""#, "SdfLibary"),
+        ];
+        for (extra, field) in cases {
+            let e = sdf(extra).unwrap_err();
+            assert!(e.contains(field), "{extra}: {e}");
+            assert!(e.contains("/etc/gm-kms/config.json"), "{e}");
+        }
+        let e = parse(r#"{"Provider": "sdf", "SdfKeyIndex": 1}"#).unwrap_err();
+        assert!(e.contains("field SdfLibrary is required"), "{e}");
+        let e = parse(r#"{"Provider": "sdf", "SdfLibrary": "libsdf.so", "SdfKeyIndex": 1}"#)
+            .unwrap_err();
+        assert!(
+            e.contains("field SdfLibrary") && e.contains("absolute"),
+            "{e}"
+        );
+        // Sdf fields on other providers.
+        let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "SdfKeyIndex": 1}"#).unwrap_err();
+        assert!(e.contains("SdfKeyIndex does not apply"), "{e}");
+        let e = parse(
+            r#"{"KmsKeyId": "k", "AccessKey": "a", "SecretKey": "s", "KmsEndpoint": "h", "SdfLibrary": "/x"}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("SdfLibrary does not apply"), "{e}");
+        // No inference: an sdf key says so.
+        let e = parse(r#"{"SdfLibrary": "/x.so", "SdfKeyIndex": 1}"#).unwrap_err();
+        assert!(e.contains("\"Provider\": \"sdf\""), "{e}");
+    }
+
+    #[test]
+    fn sdf_keys_in_previous_keys() {
+        let c = parse(
+            r#"{"Sm2PrivateKeyFile": "new.pem", "PreviousKeys": [
+                {"Provider": "sdf", "SdfLibrary": "/opt/v/libsdf.so", "SdfKeyIndex": 3, "SdfSessions": 2}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(&c.previous[0], KeySpec::Sdf(s) if s.key_index == 3 && s.sessions == 2));
+        let e = parse(
+            r#"{"Sm2PrivateKeyFile": "new.pem", "PreviousKeys": [
+                {"Provider": "sdf", "SdfLibrary": "/opt/v/libsdf.so", "SdfKeyIndex": 0}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("field PreviousKeys[0].SdfKeyIndex"), "{e}");
+        let e = parse(
+            r#"{"Sm2PrivateKeyFile": "new.pem", "PreviousKeys": [
+                {"Provider": "sdf", "SdfLibrary": "/opt/v/libsdf.so", "SdfKeyIndex": 1, "SdfPin": "x"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field PreviousKeys[0].SdfPin"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,9 @@ use crate::provider::ProviderError;
 /// A sealed payload and the KEK that protects its data key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
+    /// The format-1 ciphertext.
     pub ciphertext: Vec<u8>,
+    /// The KEK that wrapped the data key (v2 `EncryptResponse.key_id`).
     pub kek_id: Arc<str>,
 }
 
@@ -28,17 +30,19 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An envelope over `datakeys`.
     pub fn new(datakeys: Arc<DataKeys>) -> Self {
         Self { datakeys }
     }
 
+    /// The data keys it seals and opens with.
     pub fn datakeys(&self) -> &Arc<DataKeys> {
         &self.datakeys
     }
 
     /// The primary KEK id: what KMS v2 `Status.key_id` reports.
     pub fn primary_kek_id(&self) -> String {
-        self.datakeys.state().keyring.primary().kek_id().to_string()
+        self.datakeys.primary().kek_id().to_string()
     }
 
     /// Seals `plaintext` under the current data key.
@@ -96,7 +100,7 @@ impl Envelope {
             Err(e) if !not_format1(&e) => return Err(e),
             Err(e) => e,
         };
-        let readers = self.datakeys.state().keyring.legacy_readers().to_vec();
+        let readers = self.datakeys.keyring().legacy_readers().to_vec();
         if readers.is_empty() || ciphertext.is_empty() {
             return Err(format1);
         }
@@ -117,7 +121,7 @@ impl Envelope {
         let gmk = ciphertext::has_magic(ciphertext);
         Err(match legacy {
             Error::Provider(ProviderError::Unavailable(m)) if gmk => Error::Provider(
-                ProviderError::Unavailable(format!("{m} (as format 1: {format1})")),
+                ProviderError::Unavailable(format!("{m} (as format 1: {format1})").into()),
             ),
             e if !gmk => e,
             _ => format1,
@@ -266,7 +270,7 @@ mod tests {
         // The last two reached k1 as format 1 first.
         assert_eq!(k1.unwraps.load(Ordering::SeqCst), 2);
         assert_eq!(calls(&jd), 5);
-        let stats = &env.datakeys().stats;
+        let stats = env.datakeys().stats();
         assert_eq!(stats.legacy_reads.load(Ordering::SeqCst), 5);
         // Again: from the cache.
         for (blob, _) in &blobs {

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::datakeys::DataKeys;
-use crate::provider::ProviderError;
+use crate::error::{ErrorKind, ProviderError};
 use crate::secret::DataKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,7 @@ struct ProbeFailure {
 }
 
 /// The last probe's outcome.
+#[derive(Debug)]
 pub struct Health {
     last: RwLock<Option<Probe>>,
 }
@@ -42,11 +43,10 @@ impl Health {
 
     /// Wraps a fresh data key with the primary KEK and unwraps it again; stores the outcome.
     pub async fn probe(&self, datakeys: &DataKeys) -> Result<(), String> {
-        let state = datakeys.state();
-        let primary = state.keyring.primary().clone();
+        let primary = datakeys.primary();
         let result = async {
-            let dk =
-                DataKey::generate().map_err(|e| ProviderError::Unavailable(format!("RNG: {e}")))?;
+            let dk = DataKey::generate()
+                .map_err(|e| ProviderError::Unavailable(format!("RNG: {e}").into()))?;
             let wrapped = primary.wrap(&dk).await?;
             let back = primary.unwrap(&wrapped).await?;
             if back != dk {
@@ -58,7 +58,7 @@ impl Health {
         }
         .await
         .map_err(|e: ProviderError| ProbeFailure {
-            unreachable: matches!(e, ProviderError::Unavailable(_)),
+            unreachable: e.kind() == ErrorKind::Unavailable,
             reason: format!("key {}: {e}", primary.kek_id()),
         });
         let ok = result.is_ok();
@@ -82,7 +82,7 @@ impl Health {
             None => Err("starting: first key round trip not done yet".into()),
             Some(Probe { result: Ok(()), .. }) => Ok(()),
             Some(Probe { result: Err(f), .. }) => {
-                let primary = datakeys.state().keyring.primary().kek_id().to_string();
+                let primary = datakeys.primary().kek_id().to_string();
                 let sealing = datakeys
                     .peek_current()
                     .is_some_and(|c| **c.kek_id() == *primary);
@@ -107,11 +107,14 @@ impl Health {
 
 /// Probes now, then at the primary key's [`KeyProvider::probe_interval`](crate::provider::KeyProvider::probe_interval),
 /// until the returned handle is aborted.
-pub fn spawn_prober(plugin: Arc<crate::plugin::Plugin>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_prober(
+    datakeys: Arc<DataKeys>,
+    health: Arc<Health>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut was_ok = None;
         loop {
-            let r = plugin.health.probe(plugin.envelope.datakeys()).await;
+            let r = health.probe(&datakeys).await;
             let ok = r.is_ok();
             if was_ok != Some(ok) {
                 match &r {
@@ -120,13 +123,7 @@ pub fn spawn_prober(plugin: Arc<crate::plugin::Plugin>) -> tokio::task::JoinHand
                 }
                 was_ok = Some(ok);
             }
-            let interval = plugin
-                .envelope
-                .datakeys()
-                .state()
-                .keyring
-                .primary()
-                .probe_interval();
+            let interval = datakeys.primary().probe_interval();
             tokio::time::sleep(interval).await;
         }
     })

@@ -27,11 +27,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::metrics::{self, Format};
-use crate::plugin::Plugin;
+use crate::metrics::Format;
+
+/// What the listener answers from: the running plugin implements it, tests use a stand-in. The listener
+/// never reaches into the plugin; it asks for a verdict and a rendered text.
+pub(crate) trait Probes: Send + Sync + 'static {
+    /// `Ok` when the plugin can seal and open with its primary key, else the reason (`/healthz`).
+    fn health(&self) -> Result<(), String>;
+    /// The `/metrics` text in `format`.
+    fn metrics(&self, format: Format) -> String;
+}
 
 /// Pause between attempts to bind a busy or unavailable address.
-pub const BIND_RETRY: Duration = Duration::from_secs(3);
+pub(crate) const BIND_RETRY: Duration = Duration::from_secs(3);
 /// While binding keeps failing, the error is logged again this often (every attempt is retried).
 const BIND_LOG_EVERY: u32 = 20;
 /// Connections served at once; more are closed at once (the listener is for local probes and scrapes).
@@ -41,8 +49,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr` (retrying in the background until it can) and serves until the handle is aborted.
 /// Aborting also closes every open connection.
-pub fn spawn(plugin: Arc<Plugin>, addr: SocketAddr) -> JoinHandle<()> {
-    tokio::spawn(run(plugin, addr))
+pub(crate) fn spawn(probes: Arc<dyn Probes>, addr: SocketAddr) -> JoinHandle<()> {
+    tokio::spawn(async move { serve(probes, bind(addr).await).await })
 }
 
 async fn bind(addr: SocketAddr) -> TcpListener {
@@ -73,9 +81,14 @@ async fn bind(addr: SocketAddr) -> TcpListener {
     }
 }
 
-async fn run(plugin: Arc<Plugin>, addr: SocketAddr) {
-    let listener = bind(addr).await;
-    let local = listener.local_addr().unwrap_or(addr);
+/// Serves on a bound listener until the task is aborted.
+pub(crate) async fn serve(probes: Arc<dyn Probes>, listener: TcpListener) {
+    let Ok(local) = listener.local_addr() else {
+        tracing::error!("health listener: socket has no local address");
+        return;
+    };
+    // The bound address, port included: with `HealthAddr` port 0 this line is how one learns the port
+    // (tests/it/ops.rs reads it; keep the `health listener serving http://ADDR/` prefix).
     tracing::info!(
         addr = %local,
         "health listener serving http://{local}/livez /healthz /metrics"
@@ -96,14 +109,14 @@ async fn run(plugin: Arc<Plugin>, addr: SocketAddr) {
             drop(stream);
             continue;
         }
-        let plugin = plugin.clone();
+        let probes = probes.clone();
         conns.spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let accept = req
                     .headers()
                     .get(header::ACCEPT)
                     .and_then(|v| v.to_str().ok());
-                let resp = respond(&plugin, req.method(), req.uri().path(), accept);
+                let resp = respond(probes.as_ref(), req.method(), req.uri().path(), accept);
                 async move { Ok::<_, Infallible>(resp) }
             });
             // One request per connection: probes and scrapes are seconds apart, and no client can hold
@@ -119,8 +132,8 @@ async fn run(plugin: Arc<Plugin>, addr: SocketAddr) {
 }
 
 /// The answer to one request (hyper leaves the body out for HEAD).
-pub fn respond(
-    plugin: &Plugin,
+pub(crate) fn respond(
+    probes: &dyn Probes,
     method: &Method,
     path: &str,
     accept: Option<&str>,
@@ -139,7 +152,7 @@ pub fn respond(
     }
     match path {
         "/livez" => text(StatusCode::OK, "ok"),
-        "/healthz" => match plugin.health.status(plugin.envelope.datakeys()) {
+        "/healthz" => match probes.health() {
             Ok(()) => text(StatusCode::OK, "ok"),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &one_line(&reason)),
         },
@@ -148,7 +161,7 @@ pub fn respond(
             body(
                 StatusCode::OK,
                 format.content_type(),
-                metrics::render(plugin, format),
+                probes.metrics(format),
             )
         }
     }
@@ -185,25 +198,27 @@ fn body(status: StatusCode, content_type: &'static str, body: String) -> Respons
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use std::os::unix::fs::PermissionsExt;
 
-    fn plugin() -> (tempfile::TempDir, Arc<Plugin>) {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key.pem");
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/dev-sm2-key.pem"),
-            &key,
-        )
-        .unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let path = dir.path().join("config.json");
-        let text = serde_json::json!({"Sm2PrivateKeyFile": key, "HealthAddr": ""}).to_string();
-        let config = crate::config::Config::parse(&text, &path).unwrap();
-        (dir, Plugin::load(config).unwrap())
+    /// A stand-in for the plugin: a settable health verdict and a fixed metrics text per format.
+    #[derive(Default)]
+    struct Fixed {
+        unhealthy: std::sync::Mutex<Option<String>>,
+    }
+
+    impl Probes for Fixed {
+        fn health(&self) -> Result<(), String> {
+            match self.unhealthy.lock().unwrap().clone() {
+                None => Ok(()),
+                Some(reason) => Err(reason),
+            }
+        }
+        fn metrics(&self, format: Format) -> String {
+            format!("metrics as {format:?}\n")
+        }
     }
 
     async fn get(
-        p: &Plugin,
+        p: &dyn Probes,
         method: Method,
         path: &str,
         accept: Option<&str>,
@@ -220,28 +235,27 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints() {
-        let (_dir, p) = plugin();
+        let p = Fixed::default();
         assert_eq!(get(&p, Method::GET, "/livez", None).await.0, StatusCode::OK);
-        // Before the first background round trip: not ready, with the reason.
+        *p.unhealthy.lock().unwrap() = Some("starting:\nfirst round trip".into());
         let (s, _, body) = get(&p, Method::GET, "/healthz", None).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("starting"), "{body}");
-        p.health.probe(p.envelope.datakeys()).await.unwrap();
+        assert_eq!(
+            (s, body.as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: first round trip"
+            )
+        );
+        // Liveness never depends on the key round trip.
+        assert_eq!(get(&p, Method::GET, "/livez", None).await.0, StatusCode::OK);
+        *p.unhealthy.lock().unwrap() = None;
         let (s, _, body) = get(&p, Method::GET, "/healthz", None).await;
         assert_eq!((s, body.as_str()), (StatusCode::OK, "ok"));
 
         let (s, ct, body) = get(&p, Method::GET, "/metrics", None).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(ct, metrics::PROMETHEUS_CONTENT_TYPE);
-        assert!(
-            body.contains("# TYPE gm_kms_reloads_total counter"),
-            "{body}"
-        );
-        assert!(body.contains("gm_kms_healthy 1"), "{body}");
-        assert!(
-            body.contains("gm_kms_primary_key_info{key_id=\"sm2-"),
-            "{body}"
-        );
+        assert_eq!(ct, crate::metrics::PROMETHEUS_CONTENT_TYPE);
+        assert_eq!(body, "metrics as Prometheus\n");
         let (_, ct, body) = get(
             &p,
             Method::GET,
@@ -249,9 +263,8 @@ mod tests {
             Some("application/openmetrics-text; version=1.0.0"),
         )
         .await;
-        assert_eq!(ct, metrics::OPENMETRICS_CONTENT_TYPE);
-        assert!(body.ends_with("# EOF\n"), "{body}");
-        assert!(body.contains("# TYPE gm_kms_reloads counter"), "{body}");
+        assert_eq!(ct, crate::metrics::OPENMETRICS_CONTENT_TYPE);
+        assert_eq!(body, "metrics as OpenMetrics\n");
 
         assert_eq!(
             get(&p, Method::GET, "/nope", None).await.0,
@@ -276,13 +289,10 @@ mod tests {
     #[tokio::test]
     async fn serves_over_tcp_and_stops_when_aborted() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (_dir, p) = plugin();
-        // Find a free port, release it, let the listener take it.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let h = spawn(p, addr);
+        // Bound here and handed over: no window in which another process could take the port.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = tokio::spawn(serve(Arc::new(Fixed::default()), listener));
         let mut resp = String::new();
         for _ in 0..500 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {

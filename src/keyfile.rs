@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
+pub(crate) enum KeyFileError {
     #[error("{path}: cannot read: {source}")]
     Io {
         path: PathBuf,
@@ -29,7 +29,7 @@ pub enum KeyFileError {
 }
 
 /// Reads a secret file after checking that only its owner can access it.
-pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
@@ -63,7 +63,7 @@ pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyFileError>
 }
 
 /// Writes a secret file readable only by its owner; refuses to overwrite.
-pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

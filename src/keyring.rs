@@ -5,22 +5,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::metrics::ProviderMetrics;
+use crate::provider::metered::{Metered, Observer};
 use crate::provider::{self, KeyProvider, ProviderError};
 
+/// Why the keys of a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
+    /// A key could not be loaded.
     #[error("config {file}: key {index}: {source}")]
     Provider {
+        /// The config file.
         file: String,
         /// `primary` or `PreviousKeys[i]`.
         index: String,
+        /// What the provider said.
         source: ProviderError,
     },
+    /// Two keys have the same id.
     #[error(
         "config {file}: key id {id:?} appears twice (the primary and PreviousKeys must be different keys)"
     )]
-    DuplicateId { file: String, id: String },
+    DuplicateId {
+        /// The config file.
+        file: String,
+        /// The id.
+        id: String,
+    },
 }
 
 /// Key-encryption keys by id. Immutable: a reload builds a new one.
@@ -38,16 +48,16 @@ impl Keyring {
         Self::load(config, None)
     }
 
-    /// [`Keyring::from_config`] with every provider wrapped in the metrics decorator
-    /// ([`provider::metered::Metered`]): what the running plugin uses.
+    /// [`Keyring::from_config`] with every provider wrapped in the [`Metered`] decorator reporting to
+    /// `observer`: what the running plugin uses.
     pub fn from_config_metered(
         config: &Config,
-        metrics: &ProviderMetrics,
+        observer: Arc<dyn Observer>,
     ) -> Result<Self, KeyringError> {
-        Self::load(config, Some(metrics))
+        Self::load(config, Some(observer))
     }
 
-    fn load(config: &Config, metrics: Option<&ProviderMetrics>) -> Result<Self, KeyringError> {
+    fn load(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Self, KeyringError> {
         let file = config.path.display().to_string();
         let mut providers = Vec::new();
         for (i, spec) in config.keys().enumerate() {
@@ -60,8 +70,8 @@ impl Keyring {
                 },
                 source,
             })?;
-            providers.push(match metrics {
-                Some(m) => provider::metered::Metered::around(p, m.clone()),
+            providers.push(match &observer {
+                Some(o) => Metered::around(p, o.clone()),
                 None => p,
             });
         }
@@ -90,10 +100,12 @@ impl Keyring {
         })
     }
 
+    /// The primary key: it wraps new data keys.
     pub fn primary(&self) -> &Arc<dyn KeyProvider> {
         &self.primary
     }
 
+    /// The key with id `kek_id`.
     pub fn get(&self, kek_id: &str) -> Option<&Arc<dyn KeyProvider>> {
         self.by_id.get(kek_id)
     }

@@ -1,14 +1,16 @@
 //! Prometheus metrics, served on `/metrics` by the HTTP side listener ([`crate::http`]).
 //!
-//! No global registry: one [`Metrics`] is owned by the [`Plugin`] and lives as long as it does.
+//! No global registry: one [`Metrics`] is owned by the running plugin and lives as long as it does.
 //! - What happens on a call is counted where it happens: gRPC requests by the API layer
 //!   ([`Metrics::request`]), key-provider calls by the [`crate::provider::metered::Metered`] decorator that
-//!   the keyring puts around every provider ([`ProviderMetrics`]), reloads by [`Plugin::reload`].
-//! - What the plugin *is* (data-key counters and cache, degraded and health flags, the primary key) is read
-//!   from its state at scrape time ([`render`]), never duplicated in a second set of counters.
+//!   the keyring puts around every provider ([`ProviderMetrics`], an [`Observer`]), reloads by the plugin.
+//! - What the plugin *is* (data-key counters and cache, degraded and health flags, the primary key) is a
+//!   [`Snapshot`] that the plugin takes at scrape time and hands to [`render`]; this module never reaches
+//!   into the plugin, and nothing is duplicated in a second set of counters.
 //!
 //! Every name starts with `gm_kms_`; counters end in `_total`, durations are histograms in seconds.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
@@ -21,17 +23,17 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tonic::Code;
 
-use crate::plugin::Plugin;
-use crate::provider::ProviderError;
+use crate::error::ErrorKind;
+use crate::provider::metered::Observer;
 
 /// Every metric name starts with this (and `_`).
-pub const PREFIX: &str = "gm_kms";
+pub(crate) const PREFIX: &str = "gm_kms";
 
 /// `Content-Type` of the OpenMetrics text exposition (what Prometheus asks for first).
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// `Content-Type` of the Prometheus text exposition 0.0.4 (what plain HTTP clients get).
-pub const PROMETHEUS_CONTENT_TYPE: &str =
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Latency bucket bounds in seconds, 10 µs to 10 s: an SM2 unwrap or a cached-key open takes tens of
@@ -53,7 +55,7 @@ fn histogram_family<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
 
 /// Which text format `/metrics` answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// OpenMetrics 1.0 text (ends with `# EOF`).
     OpenMetrics,
     /// Prometheus text format 0.0.4.
@@ -62,14 +64,14 @@ pub enum Format {
 
 impl Format {
     /// OpenMetrics when the `Accept` header asks for it (as Prometheus does), else the classic text format.
-    pub fn negotiate(accept: Option<&str>) -> Self {
+    pub(crate) fn negotiate(accept: Option<&str>) -> Self {
         match accept {
             Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
             _ => Format::Prometheus,
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
             Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
@@ -126,7 +128,7 @@ struct ReloadLabels {
 
 /// A gRPC code as grpc-go spells it (`OK`, `InvalidArgument`, …): the label value other gRPC exporters
 /// use, so dashboards and alerts carry over.
-pub fn code_label(code: Code) -> &'static str {
+pub(crate) fn code_label(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "Canceled",
@@ -148,21 +150,9 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
-/// The `outcome` label of a provider call.
-pub fn outcome_label<T>(r: &Result<T, ProviderError>) -> &'static str {
-    match r {
-        Ok(_) => "ok",
-        Err(ProviderError::Unavailable(_)) => "unavailable",
-        Err(ProviderError::Refused(_)) => "refused",
-        Err(ProviderError::PermissionDenied(_)) => "permission_denied",
-        Err(ProviderError::InvalidWrappedKey(_)) => "invalid_wrapped_key",
-        Err(ProviderError::Config(_)) => "config",
-    }
-}
-
 /// Key-provider call metrics; cheap to clone (the families are shared), so each metered provider holds one.
 #[derive(Debug, Clone)]
-pub struct ProviderMetrics {
+pub(crate) struct ProviderMetrics {
     calls: Family<ProviderCallLabels, Counter>,
     duration: HistogramFamily<ProviderOpLabels>,
 }
@@ -174,16 +164,17 @@ impl ProviderMetrics {
             duration: histogram_family(),
         }
     }
+}
 
-    /// Records one call: `provider` is [`crate::provider::KeyProvider::kind`], `operation` `wrap` or
-    /// `unwrap`, `outcome` from [`outcome_label`].
-    pub fn observe(
+impl Observer for ProviderMetrics {
+    fn observe(
         &self,
         provider: &'static str,
         operation: &'static str,
-        outcome: &'static str,
+        outcome: Result<(), ErrorKind>,
         elapsed: Duration,
     ) {
+        let outcome = outcome.map_or_else(ErrorKind::label, |()| "ok");
         self.calls
             .get_or_create(&ProviderCallLabels {
                 provider,
@@ -273,9 +264,9 @@ impl Metrics {
         &self.registry
     }
 
-    /// The handle the keyring gives each metered provider.
-    pub fn provider(&self) -> &ProviderMetrics {
-        &self.provider
+    /// The observer the keyring gives each metered provider.
+    pub fn provider(&self) -> Arc<dyn Observer> {
+        Arc::new(self.provider.clone())
     }
 
     /// Starts timing one gRPC request; [`RequestTimer::finish`] records it. A request whose future is
@@ -341,49 +332,37 @@ impl Drop for RequestTimer<'_> {
     }
 }
 
-/// The plugin's state at scrape time, encoded by [`render`].
-#[derive(Debug)]
-struct StateSnapshot {
-    rotations: u64,
-    wrap_failures: u64,
-    cache_hits: u64,
-    cache_misses: u64,
-    unwraps: u64,
-    unwrap_failures: u64,
-    legacy_reads: u64,
-    cache_size: usize,
-    current_uses: u64,
-    degraded: bool,
-    healthy: bool,
-    primary_key_id: String,
-    primary_provider: &'static str,
-    keys: usize,
-}
-
-impl StateSnapshot {
-    fn of(plugin: &Plugin) -> Self {
-        use std::sync::atomic::Ordering::Relaxed;
-        let dks = plugin.envelope.datakeys();
-        let stats = &dks.stats;
-        let state = dks.state();
-        let primary = state.keyring.primary();
-        Self {
-            rotations: stats.rotations.load(Relaxed),
-            wrap_failures: stats.wrap_failures.load(Relaxed),
-            cache_hits: stats.cache_hits.load(Relaxed),
-            cache_misses: stats.cache_misses.load(Relaxed),
-            unwraps: stats.unwraps.load(Relaxed),
-            unwrap_failures: stats.unwrap_failures.load(Relaxed),
-            legacy_reads: stats.legacy_reads.load(Relaxed),
-            cache_size: dks.cache_len(),
-            current_uses: dks.peek_current().map_or(0, |c| c.uses()),
-            degraded: dks.degraded(),
-            healthy: plugin.health.status(dks).is_ok(),
-            primary_key_id: primary.kek_id().to_string(),
-            primary_provider: primary.kind(),
-            keys: state.keyring.ids().len(),
-        }
-    }
+/// The plugin's state at scrape time, taken by the plugin and encoded by [`render`].
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// New data keys made and wrapped.
+    pub rotations: u64,
+    /// Failed attempts to wrap a new data key.
+    pub wrap_failures: u64,
+    /// Decrypts served from the unwrap cache.
+    pub cache_hits: u64,
+    /// Decrypts that needed a provider unwrap.
+    pub cache_misses: u64,
+    /// Provider unwrap calls made for the cache.
+    pub unwraps: u64,
+    /// Of those, the failed ones.
+    pub unwrap_failures: u64,
+    /// Decrypts answered from a legacy ciphertext.
+    pub legacy_reads: u64,
+    /// Unwrapped data keys in the cache.
+    pub cache_size: usize,
+    /// Messages sealed with the current data key.
+    pub current_uses: u64,
+    /// Sealing continues past policy on an old data key.
+    pub degraded: bool,
+    /// The last background key round trip succeeded.
+    pub healthy: bool,
+    /// The primary key-encryption key's id.
+    pub primary_key_id: String,
+    /// The primary key's provider (`sm2`, `jdcloud`, `sdf`).
+    pub primary_provider: &'static str,
+    /// Key-encryption keys in the keyring.
+    pub keys: usize,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -397,7 +376,7 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt:
     g.encode(e.encode_descriptor(name, &format!("{help}."), None, g.metric_type())?)
 }
 
-impl Collector for StateSnapshot {
+impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let e = &mut e;
         counter(
@@ -485,23 +464,23 @@ impl Collector for StateSnapshot {
     }
 }
 
-/// The `/metrics` text: the counters and histograms above, then the plugin's state read now.
-pub fn render(plugin: &Plugin, format: Format) -> String {
+/// The `/metrics` text: the counters and histograms of `metrics`, then the plugin's state `now`.
+pub(crate) fn render(metrics: &Metrics, now: Snapshot, format: Format) -> String {
     let mut state = Registry::with_prefix(PREFIX);
-    state.register_collector(Box::new(StateSnapshot::of(plugin)));
+    state.register_collector(Box::new(now));
     let mut out = String::with_capacity(16 * 1024);
     // Writing into a String cannot fail; an encoder error would be a bug in a metric, and a scrape should
     // still return what was encoded.
     let _ = match format {
         Format::OpenMetrics => {
             use prometheus_client::encoding::text;
-            text::encode_registry(&mut out, plugin.metrics.registry())
+            text::encode_registry(&mut out, metrics.registry())
                 .and_then(|()| text::encode_registry(&mut out, &state))
                 .and_then(|()| text::encode_eof(&mut out))
         }
         Format::Prometheus => {
             use prometheus_client::encoding::prometheus_text::encode;
-            encode(&mut out, plugin.metrics.registry()).and_then(|()| encode(&mut out, &state))
+            encode(&mut out, metrics.registry()).and_then(|()| encode(&mut out, &state))
         }
     };
     out
@@ -555,5 +534,27 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[test]
+    fn provider_calls_are_labelled_by_outcome_kind() {
+        let m = Metrics::new();
+        let o = m.provider();
+        o.observe(
+            "test",
+            "wrap",
+            Err(ErrorKind::Unavailable),
+            Duration::from_millis(3),
+        );
+        o.observe("test", "unwrap", Ok(()), Duration::from_micros(40));
+        o.observe("test", "unwrap", Ok(()), Duration::from_micros(40));
+        let text = render(&m, Snapshot::default(), Format::Prometheus);
+        for line in [
+            r#"gm_kms_provider_calls_total{provider="test",operation="wrap",outcome="unavailable"} 1"#,
+            r#"gm_kms_provider_calls_total{provider="test",operation="unwrap",outcome="ok"} 2"#,
+            r#"gm_kms_provider_call_duration_seconds_count{provider="test",operation="unwrap"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

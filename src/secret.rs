@@ -6,7 +6,7 @@ use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of a data key in bytes (SM4 has a 128-bit key).
-pub const DATA_KEY_LEN: usize = 16;
+pub(crate) const DATA_KEY_LEN: usize = 16;
 
 /// A plaintext data key (DK): 16 random bytes that seal payloads with SM4-GCM.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -31,6 +31,7 @@ impl DataKey {
         Some(Self(arr))
     }
 
+    /// The key bytes (to key a cipher; never to log).
     pub fn as_bytes(&self) -> &[u8; DATA_KEY_LEN] {
         &self.0
     }
@@ -47,6 +48,7 @@ impl fmt::Debug for DataKey {
 pub struct SecretString(Zeroizing<String>);
 
 impl SecretString {
+    /// Takes ownership of `s`; it is zeroized when dropped.
     pub fn new(s: String) -> Self {
         Self(Zeroizing::new(s))
     }

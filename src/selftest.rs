@@ -16,44 +16,49 @@ use sm4::cipher::{BlockCipherEncrypt, KeyInit};
 use crate::cipher::{Cipher, Sm4Gcm};
 
 /// GB/T 32905 Appendix A example 1: SM3("abc").
-pub const SM3_ABC: &str = "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0";
+pub(crate) const SM3_ABC: &str = "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0";
 /// GB/T 32905 Appendix A example 2: SM3 of "abcd" repeated 16 times (512 bits).
-pub const SM3_ABCD16: &str = "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732";
+pub(crate) const SM3_ABCD16: &str =
+    "debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732";
 /// GB/T 32907 Appendix A: key = plaintext = this value.
-pub const SM4_KEY_AND_PLAINTEXT: &str = "0123456789abcdeffedcba9876543210";
+pub(crate) const SM4_KEY_AND_PLAINTEXT: &str = "0123456789abcdeffedcba9876543210";
 /// GB/T 32907 Appendix A example 1: one encryption.
-pub const SM4_ONCE: &str = "681edf34d206965e86b3e94f536e4246";
+pub(crate) const SM4_ONCE: &str = "681edf34d206965e86b3e94f536e4246";
 /// GB/T 32907 Appendix A example 2: the block encrypted 1,000,000 times under the same key.
-pub const SM4_MILLION: &str = "595298c7c6fd271f0402f804c33d3f66";
+pub(crate) const SM4_MILLION: &str = "595298c7c6fd271f0402f804c33d3f66";
 
 /// RFC 8998 Appendix A.1.
-pub mod sm4_gcm {
-    pub const KEY: &str = "0123456789ABCDEFFEDCBA9876543210";
-    pub const IV: &str = "00001234567800000000ABCD";
-    pub const AAD: &str = "FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2";
-    pub const PLAINTEXT: &str = concat!(
+pub(crate) mod sm4_gcm {
+    pub(crate) const KEY: &str = "0123456789ABCDEFFEDCBA9876543210";
+    pub(crate) const IV: &str = "00001234567800000000ABCD";
+    pub(crate) const AAD: &str = "FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2";
+    pub(crate) const PLAINTEXT: &str = concat!(
         "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD",
         "EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA"
     );
-    pub const CIPHERTEXT: &str = concat!(
+    pub(crate) const CIPHERTEXT: &str = concat!(
         "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735",
         "D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D"
     );
-    pub const TAG: &str = "83DE3541E4C2B58177E065A9BF7B62EC";
+    pub(crate) const TAG: &str = "83DE3541E4C2B58177E065A9BF7B62EC";
 }
 
 /// GM/T 0003.5 Annex C: SM2 encryption of "encryption standard" on sm2p256v1.
-pub mod sm2_enc {
-    pub const PRIVATE_KEY: &str =
+pub(crate) mod sm2_enc {
+    pub(crate) const PRIVATE_KEY: &str =
         "3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8";
-    pub const PUBLIC_X: &str = "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020";
-    pub const PUBLIC_Y: &str = "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13";
-    pub const K: &str = "59276E27D506861A16680F3AD9C02DCCEF3CC1FA3CDBE4CE6D54B80DEAC1BC21";
-    pub const MESSAGE: &[u8] = b"encryption standard";
-    pub const C1_X: &str = "04EBFC718E8D1798620432268E77FEB6415E2EDE0E073C0F4F640ECD2E149A73";
-    pub const C1_Y: &str = "E858F9D81E5430A57B36DAAB8F950A3C64E6EE6A63094D99283AFF767E124DF0";
-    pub const C3: &str = "59983C18F809E262923C53AEC295D30383B54E39D609D160AFCB1908D0BD8766";
-    pub const C2: &str = "21886CA989CA9C7D58087307CA93092D651EFA";
+    pub(crate) const PUBLIC_X: &str =
+        "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020";
+    pub(crate) const PUBLIC_Y: &str =
+        "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13";
+    pub(crate) const K: &str = "59276E27D506861A16680F3AD9C02DCCEF3CC1FA3CDBE4CE6D54B80DEAC1BC21";
+    pub(crate) const MESSAGE: &[u8] = b"encryption standard";
+    pub(crate) const C1_X: &str =
+        "04EBFC718E8D1798620432268E77FEB6415E2EDE0E073C0F4F640ECD2E149A73";
+    pub(crate) const C1_Y: &str =
+        "E858F9D81E5430A57B36DAAB8F950A3C64E6EE6A63094D99283AFF767E124DF0";
+    pub(crate) const C3: &str = "59983C18F809E262923C53AEC295D30383B54E39D609D160AFCB1908D0BD8766";
+    pub(crate) const C2: &str = "21886CA989CA9C7D58087307CA93092D651EFA";
 }
 
 /// A self-test that did not give the published answer.
@@ -86,7 +91,7 @@ impl TryRng for FixedRng {
 }
 impl TryCryptoRng for FixedRng {}
 
-pub fn sm3_kat() -> Result<(), SelfTestError> {
+pub(crate) fn sm3_kat() -> Result<(), SelfTestError> {
     let ok1 = Sm3::digest(b"abc").as_slice() == unhex(SM3_ABC).as_slice();
     let ok2 = Sm3::digest(b"abcd".repeat(16)).as_slice() == unhex(SM3_ABCD16).as_slice();
     if ok1 && ok2 {
@@ -97,7 +102,7 @@ pub fn sm3_kat() -> Result<(), SelfTestError> {
 }
 
 /// SM4 single-block encryption; `iterations` is 1 at power-on and 1,000,000 in the test suite.
-pub fn sm4_kat(iterations: u32) -> Result<(), SelfTestError> {
+pub(crate) fn sm4_kat(iterations: u32) -> Result<(), SelfTestError> {
     let key = unhex(SM4_KEY_AND_PLAINTEXT);
     let cipher = Sm4::new_from_slice(&key).map_err(|_| SelfTestError("SM4 key"))?;
     let mut block = sm4::cipher::Block::<Sm4>::try_from(key.as_slice())
@@ -121,7 +126,7 @@ pub fn sm4_kat(iterations: u32) -> Result<(), SelfTestError> {
     }
 }
 
-pub fn sm4_gcm_kat() -> Result<(), SelfTestError> {
+pub(crate) fn sm4_gcm_kat() -> Result<(), SelfTestError> {
     use sm4_gcm::*;
     let key: [u8; 16] = unhex(KEY)
         .try_into()
@@ -153,7 +158,7 @@ pub fn sm4_gcm_kat() -> Result<(), SelfTestError> {
 }
 
 /// The standard's ciphertext C1 ‖ C3 ‖ C2 (uncompressed C1).
-pub fn sm2_expected_c1c3c2() -> Vec<u8> {
+pub(crate) fn sm2_expected_c1c3c2() -> Vec<u8> {
     use sm2_enc::*;
     let mut v = vec![0x04];
     for part in [C1_X, C1_Y, C3, C2] {
@@ -162,7 +167,7 @@ pub fn sm2_expected_c1c3c2() -> Vec<u8> {
     v
 }
 
-pub fn sm2_kat() -> Result<(), SelfTestError> {
+pub(crate) fn sm2_kat() -> Result<(), SelfTestError> {
     use sm2_enc::*;
     let dk = DecryptingKey::from_slice(&unhex(PRIVATE_KEY))
         .map_err(|_| SelfTestError("SM2 private key"))?;
@@ -197,7 +202,7 @@ pub fn sm2_kat() -> Result<(), SelfTestError> {
 }
 
 /// All power-on known-answer tests (a few milliseconds).
-pub fn run_all() -> Result<(), SelfTestError> {
+pub(crate) fn run_all() -> Result<(), SelfTestError> {
     sm3_kat()?;
     sm4_kat(1)?;
     sm4_gcm_kat()?;

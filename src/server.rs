@@ -3,28 +3,28 @@
 //! - A stale socket file is removed only when nothing answers on it; a live one, or a path that is not a
 //!   socket (a regular file, a directory), is an error and is never deleted.
 //! - The parent directory is created; the socket is made `0600` (kube-apiserver runs as root).
-//! - Every accepted connection passes through [`crate::authority::normalize`], so kube-apiserver's
+//! - Every accepted connection passes through [`gm_kms_authority::normalize`], so kube-apiserver's
 //!   socket-path `:authority` is accepted (DESIGN §9).
 //! - Abstract sockets (`@name`) have no file and need none of the above.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::api::Backend;
 use crate::config::SocketSpec;
-use crate::plugin::Plugin;
 
 /// How long shutdown waits for in-flight calls before giving up on them.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error(
         "socket {path}: exists and is not a socket; refusing to delete it (fix GRPCSocketPath)"
     )]
@@ -42,15 +42,9 @@ pub enum ServerError {
 }
 
 /// A bound socket, ready to serve. Removes its file when dropped.
-pub struct BoundSocket {
+pub(crate) struct BoundSocket {
     listener: UnixListener,
     guard: SocketFileGuard,
-}
-
-impl BoundSocket {
-    pub fn spec(&self) -> &SocketSpec {
-        &self.guard.0
-    }
 }
 
 /// Removes the socket file when the plugin stops serving, however it stops.
@@ -94,7 +88,7 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
 }
 
 /// Binds the configured socket. Must be called inside a tokio runtime.
-pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
+pub(crate) fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
     let listener = match spec {
         SocketSpec::Path(path) => {
             if let Some(dir) = path.parent() {
@@ -128,17 +122,17 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
 
 /// Serves v1beta1 and v2 on the socket until `shutdown` resolves, then drains in-flight calls (bounded by
 /// [`DRAIN_TIMEOUT`]) and removes the socket file.
-pub async fn serve(
-    plugin: Arc<Plugin>,
+pub(crate) async fn serve(
+    backend: Backend,
     socket: BoundSocket,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let (v1, v2) = crate::api::services(plugin);
+    let (v1, v2) = crate::api::services(backend);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let BoundSocket { listener, guard } = socket;
     let spec = guard.0.clone();
     let incoming =
-        UnixListenerStream::new(listener).map(|conn| conn.map(crate::authority::normalize));
+        UnixListenerStream::new(listener).map(|conn| conn.map(gm_kms_authority::normalize));
     let server = tonic::transport::Server::builder()
         .add_service(v1)
         .add_service(v2)

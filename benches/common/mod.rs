@@ -108,4 +108,4 @@ pub fn sm2_config(dir: &Path, name: &str, max_uses: u64) -> (PathBuf, PathBuf) {
     (config, socket)
 }
 
-pub use gm_kms_plugin::testing::client::uds_channel as channel;
+pub use gm_kms_testkit::client::uds_channel as channel;

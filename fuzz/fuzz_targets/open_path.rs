@@ -6,9 +6,9 @@
 use std::sync::{Arc, OnceLock};
 
 use gm_kms_plugin::config::DataKeyPolicy;
-use gm_kms_plugin::datakeys::DataKeys;
-use gm_kms_plugin::envelope::Envelope;
-use gm_kms_plugin::keyring::Keyring;
+use gm_kms_plugin::DataKeys;
+use gm_kms_plugin::Envelope;
+use gm_kms_plugin::Keyring;
 use gm_kms_plugin::provider::KeyProvider;
 use gm_kms_plugin::provider::sm2::{Sm2Provider, parse_private_key_pem};
 use libfuzzer_sys::fuzz_target;

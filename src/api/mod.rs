@@ -3,34 +3,94 @@
 //! in one place ([`status`]).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::Status;
 
-use crate::metrics::Api;
-use crate::plugin::Plugin;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::health::Health;
+use crate::metrics::{Api, Metrics};
 
-pub mod status;
-pub mod v1;
-pub mod v2;
+pub(crate) mod status;
+pub(crate) mod v1;
+pub(crate) mod v2;
+
+/// Settings the API layer reads on every call; replaced whole on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// What KMS v2 `Status.version` answers.
+    pub kms_v2_version: String,
+}
+
+/// What both services work with. The running plugin builds it and keeps a clone to update the settings
+/// on reload; the services know nothing else of the plugin.
+#[derive(Clone)]
+pub struct Backend {
+    /// Seals and opens.
+    pub envelope: Arc<Envelope>,
+    /// The background key round trip's verdict (v2 `Status.healthz`).
+    pub health: Arc<Health>,
+    /// Where every request is counted.
+    pub metrics: Arc<Metrics>,
+    settings: Arc<RwLock<ApiSettings>>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("settings", &self.settings())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// A backend with the given parts.
+    pub fn new(
+        envelope: Arc<Envelope>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        settings: ApiSettings,
+    ) -> Self {
+        Self {
+            envelope,
+            health,
+            metrics,
+            settings: Arc::new(RwLock::new(settings)),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> ApiSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings (reload).
+    pub fn set_settings(&self, settings: ApiSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+}
 
 /// Work on a call never runs past this, even if the caller sent no deadline.
 const MAX_CALL_TIME: Duration = Duration::from_secs(30);
 
-/// Both services, sharing one plugin.
+/// Both services, sharing one backend.
 pub fn services(
-    plugin: Arc<Plugin>,
+    backend: Backend,
 ) -> (
     crate::proto::v1beta1::key_management_service_server::KeyManagementServiceServer<v1::V1>,
     crate::proto::v2::key_management_service_server::KeyManagementServiceServer<v2::V2>,
 ) {
     (
         crate::proto::v1beta1::key_management_service_server::KeyManagementServiceServer::new(
-            v1::V1::new(plugin.clone()),
+            v1::V1::new(backend.clone()),
         ),
         crate::proto::v2::key_management_service_server::KeyManagementServiceServer::new(
-            v2::V2::new(plugin),
+            v2::V2::new(backend),
         ),
     )
 }
@@ -56,12 +116,12 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 /// Runs a handler's `work` and records the request (API, method, gRPC code, latency) in the metrics: the
 /// one place every handler of both services goes through.
 async fn observed<T>(
-    plugin: &Plugin,
+    backend: &Backend,
     api: Api,
     method: &'static str,
     work: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    let timer = plugin.metrics.request(api, method);
+    let timer = backend.metrics.request(api, method);
     let r = work.await;
     timer.finish(r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
     r
@@ -69,24 +129,34 @@ async fn observed<T>(
 
 /// Seals within the caller's deadline, refusing a result over the API's ciphertext `limit`.
 async fn seal(
-    plugin: &Plugin,
+    backend: &Backend,
     metadata: &tonic::metadata::MetadataMap,
     plaintext: &[u8],
     limit: usize,
     api: &'static str,
 ) -> Result<crate::envelope::Sealed, Status> {
     within_deadline(metadata, async {
-        let sealed = plugin
+        let sealed = backend
             .envelope
             .seal(plaintext)
             .await
             .map_err(|e| status::to_status(&e))?;
-        if sealed.ciphertext.len() > limit {
-            return Err(status::to_status(&crate::error::Error::TooLong {
-                len: sealed.ciphertext.len(),
-                limit,
-                api,
-            }));
+        let len = sealed.ciphertext.len();
+        if len > limit {
+            // The plaintext is the caller's input, the rest (header, wrapped key, tag) the provider's: only
+            // when even one byte of payload could not fit is the fault ours rather than the caller's.
+            let overhead = len.saturating_sub(plaintext.len());
+            let e = if overhead < limit {
+                Error::PlaintextTooLong {
+                    plaintext: plaintext.len(),
+                    len,
+                    limit,
+                    api,
+                }
+            } else {
+                Error::TooLong { len, limit, api }
+            };
+            return Err(status::to_status(&e));
         }
         Ok(sealed)
     })
@@ -95,12 +165,12 @@ async fn seal(
 
 /// Opens within the caller's deadline.
 async fn open(
-    plugin: &Plugin,
+    backend: &Backend,
     metadata: &tonic::metadata::MetadataMap,
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, Status> {
     within_deadline(metadata, async {
-        let plain = plugin
+        let plain = backend
             .envelope
             .open(ciphertext)
             .await

@@ -3,34 +3,29 @@
 
 use tonic::{Code, Status};
 
-use crate::error::Error;
-use crate::provider::ProviderError;
+use crate::error::{Error, ErrorKind};
 
-pub fn code(e: &Error) -> Code {
-    match e {
-        Error::Malformed(_) | Error::Authentication | Error::EmptyPlaintext => {
-            Code::InvalidArgument
-        }
-        Error::UnknownKek(_) => Code::FailedPrecondition,
-        Error::Provider(p) => match p {
-            ProviderError::InvalidWrappedKey(_) => Code::InvalidArgument,
-            ProviderError::Unavailable(_) => Code::Unavailable,
-            ProviderError::Refused(_) | ProviderError::Config(_) => Code::FailedPrecondition,
-            ProviderError::PermissionDenied(_) => Code::PermissionDenied,
-        },
-        Error::TooLong { .. } | Error::Rng(_) => Code::Internal,
+/// The status code of an error kind (DESIGN §6).
+pub(crate) fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidInput => Code::InvalidArgument,
+        ErrorKind::UnknownKey | ErrorKind::Refused | ErrorKind::Config => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::Internal => Code::Internal,
     }
 }
 
 /// The status for an error; the message is the error's own, which never carries key material.
-pub fn to_status(e: &Error) -> Status {
-    Status::new(code(e), e.to_string())
+pub(crate) fn to_status(e: &Error) -> Status {
+    Status::new(code(e.kind()), e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ciphertext::FormatError;
+    use crate::error::ProviderError;
 
     #[test]
     fn design_section_6_mapping() {
@@ -58,9 +53,18 @@ mod tests {
                 Error::Provider(ProviderError::PermissionDenied("x".into())),
                 Code::PermissionDenied,
             ),
+            (
+                Error::PlaintextTooLong {
+                    plaintext: 2000,
+                    len: 2210,
+                    limit: 1024,
+                    api: "v2",
+                },
+                Code::InvalidArgument,
+            ),
         ];
         for (e, c) in cases {
-            assert_eq!(code(&e), c, "{e}");
+            assert_eq!(code(e.kind()), c, "{e}");
         }
     }
 }

@@ -1,12 +1,9 @@
 //! KMS API v1beta1: `Version`, `Encrypt`, `Decrypt`.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
-use super::{observed, open, seal};
+use super::{Backend, observed, open, seal};
 use crate::metrics::Api;
-use crate::plugin::Plugin;
 use crate::proto::v1beta1::key_management_service_server::KeyManagementService;
 use crate::proto::v1beta1::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, VersionRequest,
@@ -14,17 +11,19 @@ use crate::proto::v1beta1::{
 };
 
 /// The API version string v1 clients send and expect.
-pub const API_VERSION: &str = "v1beta1";
+pub(crate) const API_VERSION: &str = "v1beta1";
 /// kube-apiserver stores a v1 ciphertext behind a 2-byte length.
-pub const MAX_CIPHERTEXT: usize = u16::MAX as usize;
+pub(crate) const MAX_CIPHERTEXT: usize = u16::MAX as usize;
 
+/// The KMS v1beta1 service.
 pub struct V1 {
-    plugin: Arc<Plugin>,
+    backend: Backend,
 }
 
 impl V1 {
-    pub fn new(plugin: Arc<Plugin>) -> Self {
-        Self { plugin }
+    /// The service over `backend`.
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 }
 
@@ -45,7 +44,7 @@ impl KeyManagementService for V1 {
         &self,
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        observed(&self.plugin, Api::V1, "Version", async {
+        observed(&self.backend, Api::V1, "Version", async {
             check_version(&request.get_ref().version)?;
             Ok(Response::new(VersionResponse {
                 version: API_VERSION.into(),
@@ -60,10 +59,10 @@ impl KeyManagementService for V1 {
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
-        observed(&self.plugin, Api::V1, "Encrypt", async {
+        observed(&self.backend, Api::V1, "Encrypt", async {
             check_version(&request.get_ref().version)?;
             let sealed = seal(
-                &self.plugin,
+                &self.backend,
                 request.metadata(),
                 &request.get_ref().plain,
                 MAX_CIPHERTEXT,
@@ -81,9 +80,9 @@ impl KeyManagementService for V1 {
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
-        observed(&self.plugin, Api::V1, "Decrypt", async {
+        observed(&self.backend, Api::V1, "Decrypt", async {
             check_version(&request.get_ref().version)?;
-            let plain = open(&self.plugin, request.metadata(), &request.get_ref().cipher).await?;
+            let plain = open(&self.backend, request.metadata(), &request.get_ref().cipher).await?;
             Ok(Response::new(DecryptResponse { plain }))
         })
         .await

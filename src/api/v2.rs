@@ -1,27 +1,26 @@
 //! KMS API v2: `Status`, `Encrypt`, `Decrypt`.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
-use super::{observed, open, seal};
+use super::{Backend, observed, open, seal};
 use crate::metrics::Api;
-use crate::plugin::Plugin;
 use crate::proto::v2::key_management_service_server::KeyManagementService;
 use crate::proto::v2::{
     DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
 
 /// kube-apiserver refuses a v2 ciphertext (its "encrypted DEK source") over 1 KiB.
-pub const MAX_CIPHERTEXT: usize = 1024;
+pub(crate) const MAX_CIPHERTEXT: usize = 1024;
 
+/// The KMS v2 service.
 pub struct V2 {
-    plugin: Arc<Plugin>,
+    backend: Backend,
 }
 
 impl V2 {
-    pub fn new(plugin: Arc<Plugin>) -> Self {
-        Self { plugin }
+    /// The service over `backend`.
+    pub fn new(backend: Backend) -> Self {
+        Self { backend }
     }
 }
 
@@ -31,15 +30,15 @@ impl KeyManagementService for V2 {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        observed(&self.plugin, Api::V2, "Status", async {
-            let healthz = match self.plugin.health.status(self.plugin.envelope.datakeys()) {
+        observed(&self.backend, Api::V2, "Status", async {
+            let healthz = match self.backend.health.status(self.backend.envelope.datakeys()) {
                 Ok(()) => "ok".to_string(),
                 Err(reason) => reason,
             };
             Ok(Response::new(StatusResponse {
-                version: self.plugin.api_settings().kms_v2_version.clone(),
+                version: self.backend.settings().kms_v2_version,
                 healthz,
-                key_id: self.plugin.envelope.primary_kek_id(),
+                key_id: self.backend.envelope.primary_kek_id(),
             }))
         })
         .await
@@ -49,9 +48,9 @@ impl KeyManagementService for V2 {
         &self,
         request: Request<EncryptRequest>,
     ) -> Result<Response<EncryptResponse>, Status> {
-        observed(&self.plugin, Api::V2, "Encrypt", async {
+        observed(&self.backend, Api::V2, "Encrypt", async {
             let sealed = seal(
-                &self.plugin,
+                &self.backend,
                 request.metadata(),
                 &request.get_ref().plaintext,
                 MAX_CIPHERTEXT,
@@ -73,10 +72,10 @@ impl KeyManagementService for V2 {
         &self,
         request: Request<DecryptRequest>,
     ) -> Result<Response<DecryptResponse>, Status> {
-        observed(&self.plugin, Api::V2, "Decrypt", async {
+        observed(&self.backend, Api::V2, "Decrypt", async {
             // The request's key_id is advisory: the header names the KEK, and that is authenticated.
             let plaintext = open(
-                &self.plugin,
+                &self.backend,
                 request.metadata(),
                 &request.get_ref().ciphertext,
             )

@@ -8,32 +8,13 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use crate::config::KeySpec;
+pub use crate::error::{Detail, ProviderError};
 use crate::secret::DataKey;
 
 pub mod jdcloud;
 pub mod metered;
+pub mod sdf;
 pub mod sm2;
-
-/// Why a provider could not do what was asked. The gRPC edge maps each kind to one status code
-/// (DESIGN §6); messages never contain key material or credentials.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    /// Might work if tried again later: unreachable, timed out, 5xx, 429, a garbled or empty answer.
-    #[error("key provider unavailable: {0}")]
-    Unavailable(String),
-    /// The provider refused for a reason that retrying will not fix: a disabled or unknown key, a 4xx.
-    #[error("key provider refused the request: {0}")]
-    Refused(String),
-    /// The provider said our credentials may not use this key.
-    #[error("key provider denied access: {0}")]
-    PermissionDenied(String),
-    /// The wrapped data key is not one this KEK opens (corrupted or wrapped by another key).
-    #[error("wrapped data key rejected: {0}")]
-    InvalidWrappedKey(String),
-    /// The provider could not be built from its configuration (bad key file, missing field).
-    #[error("{0}")]
-    Config(String),
-}
 
 /// Wraps and unwraps data keys under one key-encryption key.
 #[async_trait]
@@ -43,6 +24,13 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
 
     /// Short provider name for logs and metrics (`sm2`, `jdcloud`).
     fn kind(&self) -> &'static str;
+
+    /// A fresh data key for [`KeyProvider::wrap`], from the provider's own random number generator when
+    /// it has one that must be used (a cipher machine's, DESIGN §4). `None`, the default: the caller
+    /// draws the data key from the operating system's CSPRNG (DESIGN §3).
+    async fn generate_data_key(&self) -> Result<Option<DataKey>, ProviderError> {
+        Ok(None)
+    }
 
     /// Encrypts a data key under the KEK. The result goes into the ciphertext header as it is.
     async fn wrap(&self, dk: &DataKey) -> Result<Vec<u8>, ProviderError>;
@@ -70,10 +58,9 @@ pub trait KeyProvider: Send + Sync + std::fmt::Debug {
     /// legacy form refuses without any remote call.
     async fn open_legacy(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         let _ = blob;
-        Err(ProviderError::InvalidWrappedKey(format!(
-            "{} keys do not read legacy ciphertexts",
-            self.kind()
-        )))
+        Err(ProviderError::InvalidWrappedKey(
+            format!("{} keys do not read legacy ciphertexts", self.kind()).into(),
+        ))
     }
 }
 
@@ -82,5 +69,6 @@ pub fn from_spec(spec: &KeySpec) -> Result<Arc<dyn KeyProvider>, ProviderError> 
     match spec {
         KeySpec::Sm2(s) => Ok(Arc::new(sm2::Sm2Provider::load(s)?)),
         KeySpec::JdCloud(j) => Ok(Arc::new(jdcloud::JdCloudProvider::new(j)?)),
+        KeySpec::Sdf(s) => Ok(Arc::new(sdf::SdfProvider::load(s)?)),
     }
 }

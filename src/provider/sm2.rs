@@ -34,15 +34,14 @@ impl Sm2Provider {
     pub fn load(spec: &Sm2Spec) -> Result<Self, ProviderError> {
         let path = &spec.private_key_file;
         let bytes = keyfile::read_secret_file(path)
-            .map_err(|e| ProviderError::Config(format!("Sm2PrivateKeyFile: {e}")))?;
+            .map_err(|e| ProviderError::Config(format!("Sm2PrivateKeyFile: {e}").into()))?;
         let pem = std::str::from_utf8(&bytes).map_err(|_| {
-            ProviderError::Config(format!(
-                "Sm2PrivateKeyFile: {} is not a PEM file",
-                path.display()
-            ))
+            ProviderError::Config(
+                format!("Sm2PrivateKeyFile: {} is not a PEM file", path.display()).into(),
+            )
         })?;
         let secret = parse_private_key_pem(pem).map_err(|why| {
-            ProviderError::Config(format!("Sm2PrivateKeyFile: {}: {why}", path.display()))
+            ProviderError::Config(format!("Sm2PrivateKeyFile: {}: {why}", path.display()).into())
         })?;
         Self::from_secret_key(secret, spec.key_id.clone())
     }
@@ -88,7 +87,7 @@ pub fn public_key_der(public: &PublicKey) -> Result<Vec<u8>, ProviderError> {
     public
         .to_public_key_der()
         .map(|d| d.as_bytes().to_vec())
-        .map_err(|e| ProviderError::Config(format!("cannot encode SM2 public key: {e}")))
+        .map_err(|e| ProviderError::Config(format!("cannot encode SM2 public key: {e}").into()))
 }
 
 /// `sm2-` + hex of the first 8 bytes of SM3(SPKI DER) (DESIGN §4): every master holding the same key
@@ -101,18 +100,87 @@ pub fn derive_kek_id(public: &PublicKey) -> Result<String, ProviderError> {
     ))
 }
 
+/// An SM2 ciphertext (GB/T 32918.4) in its parts: C1 = (`x`, `y`), C3 = `hash`, C2 = `ciphertext`.
+///
+/// This is the bridge between the wrapped data key of the `sm2` provider (the GM/T 0009 DER `SM2Cipher`)
+/// and a cipher machine's `ECCCipher` struct (the `sdf` provider): one SM2 key has one ciphertext format
+/// wherever it sits (DESIGN §4). Both directions go through the same RustCrypto `Cipher` type that
+/// [`Sm2Provider`] encrypts and decrypts with, so the DER is byte-identical to what it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sm2CipherParts {
+    /// C1 x coordinate, big-endian, 32 bytes.
+    pub x: [u8; 32],
+    /// C1 y coordinate, big-endian, 32 bytes.
+    pub y: [u8; 32],
+    /// C3 = SM3(x2 || M || y2).
+    pub hash: [u8; 32],
+    /// C2, as long as the plaintext.
+    pub ciphertext: Vec<u8>,
+}
+
+type SmCipher<'a> = sm2::pke::Cipher<'a, sm2::Sm2, Sm3>;
+
+// Untrusted bytes in (a wrapped key from a ciphertext, or a device's answer): no panicking operations.
+#[deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+impl Sm2CipherParts {
+    /// The GM/T 0009 DER `SM2Cipher` SEQUENCE { x INTEGER, y INTEGER, hash OCTET STRING,
+    /// ciphertext OCTET STRING }. Errs if C1 is not a point of the curve or C2 is empty.
+    pub fn to_der(&self) -> Result<Vec<u8>, String> {
+        use sm2::pkcs8::der::Encode;
+        if self.ciphertext.is_empty() {
+            return Err("empty C2".into());
+        }
+        // C1 || C3 || C2 with C1 as the uncompressed point: the form `Cipher::from_slice` reads, which
+        // checks that C1 is on the curve.
+        let mut raw = Zeroizing::new(Vec::with_capacity(1 + 32 * 3 + self.ciphertext.len()));
+        raw.push(0x04);
+        raw.extend_from_slice(&self.x);
+        raw.extend_from_slice(&self.y);
+        raw.extend_from_slice(&self.hash);
+        raw.extend_from_slice(&self.ciphertext);
+        let cipher = SmCipher::from_slice(&raw, sm2::pke::Mode::C1C3C2)
+            .map_err(|_| "C1 is not a point of the SM2 curve".to_string())?;
+        cipher
+            .to_der()
+            .map_err(|e| format!("cannot encode SM2Cipher: {e}"))
+    }
+
+    /// Parses a DER `SM2Cipher` (total: any bytes give parts or an error). C1 must be a point of the
+    /// curve and C3 32 bytes; trailing bytes are refused.
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        use sm2::elliptic_curve::sec1::{Coordinates, ToSec1Point};
+        use sm2::pkcs8::der::Decode;
+        let cipher = SmCipher::from_der(der).map_err(|e| format!("not a DER SM2Cipher: {e}"))?;
+        let point = cipher.c1().to_sec1_point(false);
+        let (x, y) = match point.coordinates() {
+            Coordinates::Uncompressed { x, y } => (x, y),
+            _ => return Err("C1 is not an uncompressed point".into()),
+        };
+        let field = |b: &[u8]| -> Result<[u8; 32], String> {
+            b.try_into()
+                .map_err(|_| format!("a 32-byte field is {} bytes", b.len()))
+        };
+        Ok(Self {
+            x: field(x)?,
+            y: field(y)?,
+            hash: field(cipher.c3())?,
+            ciphertext: cipher.c2().to_vec(),
+        })
+    }
+}
+
 /// A new key pair as PEM texts (PKCS#8 private, SPKI public), and the derived KEK id.
 pub fn generate_pem() -> Result<(Zeroizing<String>, String, String), ProviderError> {
     let mut rng = getrandom::SysRng;
     let secret = <SecretKey as sm2::elliptic_curve::Generate>::try_generate_from_rng(&mut rng)
-        .map_err(|e| ProviderError::Config(format!("operating system RNG failed: {e}")))?;
+        .map_err(|e| ProviderError::Config(format!("operating system RNG failed: {e}").into()))?;
     let private = secret
         .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| ProviderError::Config(format!("cannot encode private key: {e}")))?;
+        .map_err(|e| ProviderError::Config(format!("cannot encode private key: {e}").into()))?;
     let public = secret
         .public_key()
         .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| ProviderError::Config(format!("cannot encode public key: {e}")))?;
+        .map_err(|e| ProviderError::Config(format!("cannot encode public key: {e}").into()))?;
     let id = derive_kek_id(&secret.public_key())?;
     Ok((Zeroizing::new(private.to_string()), public, id))
 }
@@ -126,17 +194,23 @@ impl Sm2Provider {
 
     fn unwrap_sync(&self, wrapped: &[u8]) -> Result<DataKey, ProviderError> {
         let plain = Zeroizing::new(self.decrypting.decrypt_der(wrapped).map_err(|_| {
-            ProviderError::InvalidWrappedKey(format!(
-                "SM2 decryption under {} failed (corrupted, or wrapped by another key)",
-                self.kek_id
-            ))
+            ProviderError::InvalidWrappedKey(
+                format!(
+                    "SM2 decryption under {} failed (corrupted, or wrapped by another key)",
+                    self.kek_id
+                )
+                .into(),
+            )
         })?);
         DataKey::from_slice(&plain).ok_or_else(|| {
-            ProviderError::InvalidWrappedKey(format!(
-                "SM2-wrapped key under {} is {} bytes, not 16",
-                self.kek_id,
-                plain.len()
-            ))
+            ProviderError::InvalidWrappedKey(
+                format!(
+                    "SM2-wrapped key under {} is {} bytes, not 16",
+                    self.kek_id,
+                    plain.len()
+                )
+                .into(),
+            )
         })
     }
 }
@@ -217,6 +291,38 @@ mod tests {
         .unwrap();
         assert_eq!(q.kek_id(), "prod-2026");
         assert!(!format!("{q:?}").contains("decrypting"));
+    }
+
+    #[tokio::test]
+    async fn cipher_parts_round_trip_byte_for_byte() {
+        let p = provider();
+        for _ in 0..32 {
+            let w = p.wrap(&DataKey::generate().unwrap()).await.unwrap();
+            let parts = Sm2CipherParts::from_der(&w).unwrap();
+            assert_eq!(parts.ciphertext.len(), 16);
+            // Short coordinates (a leading zero byte, 1 in 128 keys) come back as 32 bytes, and the DER
+            // built from the parts is what the provider wrote.
+            assert_eq!(parts.to_der().unwrap(), w);
+        }
+    }
+
+    #[test]
+    fn cipher_parts_refuse_garbage() {
+        assert!(Sm2CipherParts::from_der(&[]).is_err());
+        assert!(Sm2CipherParts::from_der(&[0x30, 0x00]).is_err());
+        assert!(Sm2CipherParts::from_der(&[0x30, 0x81]).is_err());
+        let bogus = Sm2CipherParts {
+            x: [1; 32],
+            y: [2; 32],
+            hash: [3; 32],
+            ciphertext: vec![4; 16],
+        };
+        assert!(bogus.to_der().unwrap_err().contains("curve"));
+        let empty = Sm2CipherParts {
+            ciphertext: Vec::new(),
+            ..bogus
+        };
+        assert!(empty.to_der().is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gm_kms_plugin::config::{Config, KeySpec, SocketSpec};
-use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
+use gm_kms_testkit::fake_jdcloud::FakeJdCloud;
 use serde_json::Value;
 
 use crate::support::plugin::{binary, copy_key, repo};
@@ -20,6 +20,7 @@ const FILES: &[&str] = &[
     "Dockerfile",
     "config-jdcloud.json",
     "config-rotation.json",
+    "config-sdf.json",
     "config-sm2.json",
     "encryption-config-v1.yaml",
     "encryption-config-v2.yaml",
@@ -32,6 +33,7 @@ const CONFIGS: &[&str] = &[
     "config-sm2.json",
     "config-jdcloud.json",
     "config-rotation.json",
+    "config-sdf.json",
 ];
 
 /// Where the configs live on a node, as the static pod, the unit and the docs name it.
@@ -219,6 +221,18 @@ fn configs_agree_on_socket_health_address_and_key_locations() {
                     s.private_key_file.starts_with(config_dir),
                     "deploy/{name}: key {} is outside the mounted {}",
                     s.private_key_file.display(),
+                    config_dir.display()
+                );
+            }
+            if let KeySpec::Sdf(s) = key {
+                let pin = s
+                    .pin_file
+                    .as_deref()
+                    .expect("the sdf example has a PIN file");
+                assert!(
+                    pin.starts_with(config_dir),
+                    "deploy/{name}: SdfPinFile {} is outside the mounted {}",
+                    pin.display(),
                     config_dir.display()
                 );
             }
@@ -575,7 +589,7 @@ async fn jdcloud_config_example_passes_check_against_the_fake() {
     config["AccessKey"] = Value::from(fake.access_key());
     config["SecretKey"] = Value::from(fake.secret_key());
     config["KmsEndpoint"] = Value::from(fake.endpoint());
-    config["KmsKeyId"] = Value::from(fake.first_key());
+    config["KmsKeyId"] = Value::from(fake.key_id());
     // The fake speaks plain HTTP; the example's https is checked by parsing it above.
     assert_eq!(config["KmsSchema"], "https");
     config["KmsSchema"] = Value::from("http");
@@ -584,11 +598,31 @@ async fn jdcloud_config_example_passes_check_against_the_fake() {
     std::fs::write(&path, config.to_string()).unwrap();
     let out = tokio::task::block_in_place(|| check(&path));
     assert!(
-        out.contains(&format!(
-            "key jdcloud-{} (primary, jdcloud)",
-            fake.first_key()
-        )),
+        out.contains(&format!("key jdcloud-{} (primary, jdcloud)", fake.key_id())),
         "{out}"
     );
+    assert!(out.contains("seal/open round trip: ok"), "{out}");
+}
+
+#[test]
+fn sdf_config_example_passes_check_against_the_soft_device() {
+    use crate::support::sdf::{self, SoftDevice};
+    let dev = SoftDevice::new("gmt0018-2012");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = json("config-sdf.json");
+    assert_eq!(
+        str_of(&config["SdfPinFile"], "SdfPinFile"),
+        "/etc/k8s-kms-plugin/keys/sdf-pin"
+    );
+    assert!(Path::new(str_of(&config["SdfLibrary"], "SdfLibrary")).is_absolute());
+    config["SdfLibrary"] = Value::from(sdf::library().to_str().unwrap());
+    let pin = sdf::secret_file(dir.path(), "sdf-pin", &format!("{}\n", sdf::PIN));
+    config["SdfPinFile"] = Value::from(pin.to_str().unwrap());
+    config["GRPCSocketPath"] = Value::from(dir.path().join("kms.sock").to_str().unwrap());
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (ok, out) = sdf::check(&path, &dev);
+    assert!(ok, "{out}");
+    assert!(out.contains("(primary, sdf)"), "{out}");
     assert!(out.contains("seal/open round trip: ok"), "{out}");
 }

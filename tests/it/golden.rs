@@ -57,7 +57,7 @@ fn format_1_golden_ciphertexts_decrypt() {
 /// `GM_KMS_WRITE_GOLDEN=1 scripts/test.sh --test it golden::jdcloud` (then review the diff).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdcloud_golden_ciphertexts_decrypt() {
-    use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
+    use gm_kms_testkit::fake_jdcloud::FakeJdCloud;
 
     let fake = FakeJdCloud::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +72,7 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
         let mut out = Vec::new();
         for pt in [b"ping".to_vec(), (0u8..32).collect::<Vec<u8>>()] {
             let ct = v2_encrypt(&mut c, &pt).await.unwrap().ciphertext;
-            out.push(json!({"key_id": fake.first_key(), "plaintext_hex": hex::encode(&pt), "ciphertext_hex": hex::encode(&ct)}));
+            out.push(json!({"key_id": fake.key_id(), "plaintext_hex": hex::encode(&pt), "ciphertext_hex": hex::encode(&ct)}));
         }
         std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()).unwrap();
     }
@@ -80,11 +80,11 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(vectors.len() >= 2);
     for v in vectors {
-        assert_eq!(v["key_id"], fake.first_key());
+        assert_eq!(v["key_id"], fake.key_id());
         let ct = hex::decode(v["ciphertext_hex"].as_str().unwrap()).unwrap();
         assert_eq!(&ct[..5], b"GMK\x01\x01");
         let parsed = gm_kms_plugin::ciphertext::parse(&ct).unwrap();
-        assert_eq!(parsed.kek_id, format!("jdcloud-{}", fake.first_key()));
+        assert_eq!(parsed.kek_id, format!("jdcloud-{}", fake.key_id()));
         let pt = v2_decrypt(&mut c, &ct).await.unwrap();
         assert_eq!(hex::encode(pt), v["plaintext_hex"].as_str().unwrap());
     }

@@ -283,10 +283,15 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
         })
         .await
         .unwrap_err();
+    // The plaintext is the caller's input: InvalidArgument naming the limit, never Internal (DESIGN §6).
     assert_eq!(
         e.code(),
-        Code::Internal,
+        Code::InvalidArgument,
         "over the v2 1 KiB ciphertext limit: {e:?}"
+    );
+    assert!(
+        e.message().contains("1024-byte limit") && e.message().contains("2000 bytes"),
+        "{e:?}"
     );
     // v1 with a wrong API version string.
     let e = c1

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gm_kms_plugin::proto::{v1beta1, v2};
-use gm_kms_plugin::testing::fake_jdcloud::{FakeJdCloud, Fault};
+use gm_kms_testkit::fake_jdcloud::{FakeJdCloud, Fault};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -82,7 +82,7 @@ async fn seed_config_drop_in_and_100k_encrypts_make_few_remote_calls() {
     let mut c2 = plugin::v2(&socket).await;
     wait_healthy(&mut c2).await;
     let status = c2.status(v2::StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(status.key_id, format!("jdcloud-{}", fake.first_key()));
+    assert_eq!(status.key_id, format!("jdcloud-{}", fake.key_id()));
 
     // v1 as JD Cloud's plugin users run it, and v2.
     let mut c1 = plugin::v1(&socket).await;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gm_kms_plugin::proto::{v1beta1, v2};
-use gm_kms_plugin::testing::fake_jdcloud::{FakeJdCloud, Fault};
+use gm_kms_testkit::fake_jdcloud::{FakeJdCloud, Fault};
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -206,7 +206,7 @@ async fn jd_plugin_ciphertexts_decrypt_through_v1_and_v2_with_the_jd_config_unch
     // New writes are format 1 under the same JD Cloud key, through both APIs.
     for i in 0..2 {
         let ct = kms.write(i, b"new secret").await;
-        assert_eq!(kek_of(&ct), format!("jdcloud-{}", fake.first_key()));
+        assert_eq!(kek_of(&ct), format!("jdcloud-{}", fake.key_id()));
         assert_eq!(kms.read_v1(&ct).await.unwrap(), b"new secret");
     }
     let logs = kms.process.logs();
@@ -432,7 +432,7 @@ async fn migration_from_the_jd_plugin_to_offline_sm2_end_to_end() {
         .map(|i| (dek(100 + i), fake.legacy_ciphertext(&dek(100 + i))))
         .collect();
     let mut stored = originals.clone();
-    let jd_kek = format!("jdcloud-{}", fake.first_key());
+    let jd_kek = format!("jdcloud-{}", fake.key_id());
 
     // Step 1: our binary, JD Cloud's plugin config file unchanged.
     let (config, socket) = jd_plugin_config(&fake, dir.path());

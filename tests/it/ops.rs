@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use gm_kms_plugin::proto::{v1beta1, v2};
 use gm_kms_plugin::provider::KeyProvider;
-use gm_kms_plugin::testing::fake_jdcloud::FakeJdCloud;
+use gm_kms_testkit::fake_jdcloud::FakeJdCloud;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,14 +21,35 @@ use crate::support::plugin::{
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Helpers: a free port, a tiny HTTP/1.1 client, a Prometheus/OpenMetrics text parser.
+// Helpers: the health port, a tiny HTTP/1.1 client, a Prometheus/OpenMetrics text parser.
 
-/// A 127.0.0.1 port nobody listens on now (bound to port 0, then released).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// `HealthAddr` of the test plugins: port 0, so the plugin binds a port the kernel picks and keeps it. (A
+/// port found free here and released for the plugin could be taken by another test in between.)
+const ANY_PORT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+
+/// The address the plugin's health listener bound, read from its log line
+/// `health listener serving http://ADDR/livez /healthz /metrics` (src/http.rs); waits up to 30 s.
+async fn health_addr(p: &Plugin) -> SocketAddr {
+    const MARK: &str = "health listener serving http://";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = p.logs().lines().find_map(|l| {
+            let rest = l.get(l.find(MARK)? + MARK.len()..)?;
+            rest.split('/').next()?.parse::<SocketAddr>().ok()
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {MARK:?} line in the plugin's log:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Starts the plugin from a blocking-safe context (the fake JD Cloud runs on the test's runtime).
@@ -436,9 +457,9 @@ fn sm2_config(dir: &Path, key: &Path, addr: SocketAddr, extra: Value) -> (PathBu
 async fn health_endpoints_and_metrics_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let key = copy_key(dir.path(), "dev-sm2-key.pem");
-    let addr = free_addr();
-    let (config, socket) = sm2_config(dir.path(), &key, addr, json!({}));
+    let (config, socket) = sm2_config(dir.path(), &key, ANY_PORT, json!({}));
     let p = start(&config, &socket);
+    let addr = health_addr(&p).await;
 
     let live = wait_status(addr, "/livez", 200, &p).await;
     assert_eq!(live.body, "ok");
@@ -622,12 +643,12 @@ async fn healthz_is_503_with_a_reason_when_the_jdcloud_key_is_disabled() {
     fake.set_keys_enabled(false);
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kms.sock");
-    let addr = free_addr();
     let mut config: Value =
         serde_json::from_str(&fake.seed_config_json(socket.to_str().unwrap())).unwrap();
-    config["HealthAddr"] = json!(addr.to_string());
+    config["HealthAddr"] = json!(ANY_PORT.to_string());
     let config = write_config(dir.path(), &config);
     let p = start(&config, &socket);
+    let addr = health_addr(&p).await;
 
     // Not ready while starting, then not ready because the key refuses: wait for the second reason.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -645,7 +666,7 @@ async fn healthz_is_503_with_a_reason_when_the_jdcloud_key_is_disabled() {
     };
     assert!(!r.body.contains('\n'), "one line: {:?}", r.body);
     assert!(
-        r.body.contains(&format!("jdcloud-{}", fake.first_key())),
+        r.body.contains(&format!("jdcloud-{}", fake.key_id())),
         "{}",
         r.body
     );
@@ -698,9 +719,9 @@ async fn sighup_rotation_under_concurrent_load_fails_no_call() {
     let dir = tempfile::tempdir().unwrap();
     let old = copy_key(dir.path(), "dev-sm2-key.pem");
     let new = openssl_key(dir.path(), "new.pem");
-    let addr = free_addr();
-    let (config, socket) = sm2_config(dir.path(), &old, addr, json!({}));
+    let (config, socket) = sm2_config(dir.path(), &old, ANY_PORT, json!({}));
     let p = start(&config, &socket);
+    let addr = health_addr(&p).await;
     let mut c = plugin::v2(&socket).await;
     let old_id = key_id(&mut c).await;
     let early = v2_encrypt(&mut c, b"sealed before the rotation")
@@ -758,7 +779,7 @@ async fn sighup_rotation_under_concurrent_load_fails_no_call() {
     sm2_config(
         dir.path(),
         &new,
-        addr,
+        ANY_PORT,
         json!({"PreviousKeys": [{"Sm2PrivateKeyFile": old}]}),
     );
     p.signal("HUP");
@@ -827,9 +848,9 @@ async fn sighup_rotation_under_concurrent_load_fails_no_call() {
 async fn a_bad_reload_keeps_the_old_config_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let key = copy_key(dir.path(), "dev-sm2-key.pem");
-    let addr = free_addr();
-    let (config, socket) = sm2_config(dir.path(), &key, addr, json!({}));
+    let (config, socket) = sm2_config(dir.path(), &key, ANY_PORT, json!({}));
     let p = start(&config, &socket);
+    let addr = health_addr(&p).await;
     wait_status(addr, "/healthz", 200, &p).await;
     let mut c = plugin::v2(&socket).await;
     let id = key_id(&mut c).await;
@@ -970,10 +991,9 @@ async fn logs_of_a_full_run_hold_no_key_or_credential() {
     let dir = tempfile::tempdir().unwrap();
     let sm2_key = copy_key(dir.path(), "dev-sm2-key.pem");
     let socket = dir.path().join("kms.sock");
-    let addr = free_addr();
     let jd_key = json!({
         "AccessKey": fake.access_key(), "SecretKey": fake.secret_key(), "KmsEndpoint": fake.endpoint(),
-        "KmsKeyId": fake.first_key(), "KmsSchema": "http",
+        "KmsKeyId": fake.key_id(), "KmsSchema": "http",
     });
     let with = |base: &Value, extra: Value| {
         let mut c = base.clone();
@@ -983,7 +1003,7 @@ async fn logs_of_a_full_run_hold_no_key_or_credential() {
         c
     };
     let common =
-        json!({"GRPCSocketPath": socket, "HealthAddr": addr.to_string(), "DebugMode": true});
+        json!({"GRPCSocketPath": socket, "HealthAddr": ANY_PORT.to_string(), "DebugMode": true});
     // 1. JD Cloud's config as it is (legacy reads on), plus the SM2 key decrypt-only, verbose logs.
     let config = write_config(
         dir.path(),
@@ -993,6 +1013,7 @@ async fn logs_of_a_full_run_hold_no_key_or_credential() {
         ),
     );
     let p = start(&config, &socket);
+    let addr = health_addr(&p).await;
     wait_status(addr, "/healthz", 200, &p).await;
     let mut c2 = plugin::v2(&socket).await;
     let mut c1 = plugin::v1(&socket).await;
@@ -1154,7 +1175,17 @@ async fn logs_of_a_full_run_hold_no_key_or_credential() {
         key_id: None,
     })
     .unwrap();
-    let jd = gm_kms_plugin::provider::jdcloud::JdCloudProvider::new(&fake.spec()).unwrap();
+    let jd_spec = gm_kms_plugin::config::JdCloudSpec {
+        access_key: gm_kms_plugin::SecretString::new(fake.access_key().into()),
+        secret_key: gm_kms_plugin::SecretString::new(fake.secret_key().into()),
+        endpoint: fake.endpoint(),
+        key_id: fake.key_id().into(),
+        schema: "http".into(),
+        timeout: Duration::from_secs(2),
+        sign_version: gm_kms_plugin::config::SignVersion::V3,
+        legacy_ciphertexts: true,
+    };
+    let jd = gm_kms_plugin::provider::jdcloud::JdCloudProvider::new(&jd_spec).unwrap();
     let mut dks = HashSet::new();
     for ct in &cts {
         let parsed = gm_kms_plugin::ciphertext::parse(ct).unwrap();

@@ -104,10 +104,13 @@ impl JdCloudProvider {
         }
         let kek_id = format!("jdcloud-{key_id}");
         if kek_id.len() > 255 {
-            return Err(ProviderError::Config(format!(
-                "KmsKeyId is {} bytes; the key id in a ciphertext header allows 247",
-                key_id.len()
-            )));
+            return Err(ProviderError::Config(
+                format!(
+                    "KmsKeyId is {} bytes; the key id in a ciphertext header allows 247",
+                    key_id.len()
+                )
+                .into(),
+            ));
         }
         let client = KmsClient::new(
             &spec.schema,
@@ -117,7 +120,7 @@ impl JdCloudProvider {
             spec.sign_version,
             policy,
         )
-        .map_err(ProviderError::Config)?;
+        .map_err(|e| ProviderError::Config(e.into()))?;
         Ok(Self {
             kek_id,
             key_id: key_id.to_string(),
@@ -157,7 +160,7 @@ impl JdCloudProvider {
         blob_b64: &str,
     ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         wire::check_blob(blob_b64).map_err(|m| {
-            ProviderError::InvalidWrappedKey(format!("jdcloud legacy ciphertext: {m}"))
+            ProviderError::InvalidWrappedKey(format!("jdcloud legacy ciphertext: {m}").into())
         })?;
         self.decrypt(blob_b64).await
     }
@@ -202,11 +205,14 @@ impl JdCloudProvider {
                     attempts,
                     "jdcloud KMS unavailable: {detail}"
                 );
-                Err(ProviderError::Unavailable(format!(
-                    "jdcloud {} at {} failed after {attempts} attempt(s): {detail}",
-                    op.name(),
-                    self.client.base_url()
-                )))
+                Err(ProviderError::Unavailable(
+                    format!(
+                        "jdcloud {} at {} failed after {attempts} attempt(s): {detail}",
+                        op.name(),
+                        self.client.base_url()
+                    )
+                    .into(),
+                ))
             }
         }
     }
@@ -221,28 +227,26 @@ impl JdCloudProvider {
         let msg = format!("jdcloud {} of key {}: {what}", op.name(), self.key_id);
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                ProviderError::PermissionDenied(msg)
+                ProviderError::PermissionDenied(msg.into())
             }
             s if s.is_client_error() => {
                 if op == Op::Decrypt && remote.as_ref().is_some_and(is_bad_ciphertext) {
-                    ProviderError::InvalidWrappedKey(msg)
+                    ProviderError::InvalidWrappedKey(msg.into())
                 } else {
-                    ProviderError::Refused(msg)
+                    ProviderError::Refused(msg.into())
                 }
             }
             // 1xx/3xx (and anything else not retried): not an answer we can use.
-            _ => ProviderError::Unavailable(msg),
+            _ => ProviderError::Unavailable(msg.into()),
         }
     }
 
     /// The error kind of an unusable 2xx answer.
     fn problem(&self, op: Op, p: Problem) -> ProviderError {
         match p {
-            Problem::Garbage(m) | Problem::Empty(m) => ProviderError::Unavailable(format!(
-                "jdcloud {} of key {}: {m}",
-                op.name(),
-                self.key_id
-            )),
+            Problem::Garbage(m) | Problem::Empty(m) => ProviderError::Unavailable(
+                format!("jdcloud {} of key {}: {m}", op.name(), self.key_id).into(),
+            ),
             // An error object inside a 200: classify by the code it carries.
             Problem::Remote(e) => {
                 let status = e
@@ -260,11 +264,14 @@ impl JdCloudProvider {
                     );
                     self.refusal(op, status, body.as_bytes())
                 } else {
-                    ProviderError::Unavailable(format!(
-                        "jdcloud {} of key {}: error in a success answer: {e}",
-                        op.name(),
-                        self.key_id
-                    ))
+                    ProviderError::Unavailable(
+                        format!(
+                            "jdcloud {} of key {}: error in a success answer: {e}",
+                            op.name(),
+                            self.key_id
+                        )
+                        .into(),
+                    )
                 }
             }
         }
@@ -303,15 +310,16 @@ impl KeyProvider for JdCloudProvider {
         let blob = std::str::from_utf8(wrapped).map_err(|_| {
             ProviderError::InvalidWrappedKey("jdcloud wrapped key is not base64 text".into())
         })?;
-        wire::check_blob(blob)
-            .map_err(|m| ProviderError::InvalidWrappedKey(format!("jdcloud wrapped key: {m}")))?;
+        wire::check_blob(blob).map_err(|m| {
+            ProviderError::InvalidWrappedKey(format!("jdcloud wrapped key: {m}").into())
+        })?;
         let plaintext = self.decrypt(blob).await?;
         DataKey::from_slice(&plaintext).ok_or_else(|| {
             ProviderError::Unavailable(format!(
                 "jdcloud Decrypt of key {} returned {} bytes, not a {DATA_KEY_LEN}-byte data key",
                 self.key_id,
                 plaintext.len()
-            ))
+            ).into())
         })
     }
 
@@ -321,7 +329,7 @@ impl KeyProvider for JdCloudProvider {
         match state {
             KeyState::Enabled => Ok(line),
             // A key that cannot seal is a failed check, not a description.
-            _ => Err(ProviderError::Refused(line)),
+            _ => Err(ProviderError::Refused(line.into())),
         }
     }
 
@@ -336,10 +344,13 @@ impl KeyProvider for JdCloudProvider {
     /// JD Cloud's plugin stored the base64-decoded `ciphertextBlob`; KMS Decrypt wants it encoded again.
     async fn open_legacy(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
         if !self.legacy_ciphertexts {
-            return Err(ProviderError::InvalidWrappedKey(format!(
-                "key {} does not read legacy ciphertexts (LegacyCiphertexts is off)",
-                self.key_id
-            )));
+            return Err(ProviderError::InvalidWrappedKey(
+                format!(
+                    "key {} does not read legacy ciphertexts (LegacyCiphertexts is off)",
+                    self.key_id
+                )
+                .into(),
+            ));
         }
         self.decrypt_legacy(&wire::b64_encode(blob)).await
     }

@@ -13,13 +13,15 @@
 //! | header values | surrounding white space trimmed | surrounding spaces trimmed, inner runs of spaces collapsed |
 //!
 //! Everything here is a pure function of its inputs (the date and nonce are parameters), so tests sign with
-//! a fixed date and nonce and compare byte for byte with the official SDK. The verify side
-//! ([`parse_authorization`], [`verify`]) is what the test fake of JD Cloud's gateway uses.
+//! a fixed date and nonce and compare byte for byte with the official SDK. The verify side here
+//! (`parse_authorization`, `verify`) is compiled for this module's tests only; the fake JD Cloud gateway
+//! has its own, independent verifier (`gm_kms_testkit::jdcloud_sig`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::config::SignVersion;
 
@@ -86,7 +88,9 @@ pub struct Request<'a> {
 /// Access key id and secret key.
 #[derive(Clone, Copy)]
 pub struct Credentials<'a> {
+    /// The access key id, sent in the `Credential` of the `Authorization` header.
     pub access_key: &'a str,
+    /// The secret key; only MACs derived from it leave the process.
     pub secret_key: &'a str,
 }
 
@@ -132,14 +136,19 @@ pub fn content_sha256(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
-/// A parsed `Authorization` header (the verify side).
+/// A parsed `Authorization` header (the verify side; the plugin only signs, so this is test code).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorization {
+    /// The signing version its algorithm name stands for.
     pub version: SignVersion,
+    /// The access key id of the `Credential`.
     pub access_key: String,
     /// `YYYYMMDD` from the credential scope.
     pub short_date: String,
+    /// Region of the credential scope.
     pub region: String,
+    /// Service of the credential scope.
     pub service: String,
     /// Lower-case header names, in the order given (sorted when the signer made them).
     pub signed_headers: Vec<String>,
@@ -149,6 +158,7 @@ pub struct Authorization {
 
 /// Parses `ALG Credential=AK/DATE/REGION/SERVICE/TERMINATOR, SignedHeaders=a;b, Signature=HEX`.
 /// Anything else is `None`.
+#[cfg(test)]
 pub fn parse_authorization(value: &str) -> Option<Authorization> {
     let (alg, rest) = value.trim().split_once(' ')?;
     let version = [SignVersion::V3, SignVersion::V2]
@@ -196,6 +206,7 @@ pub fn parse_authorization(value: &str) -> Option<Authorization> {
 /// Recomputes the signature of a received request and compares it (in constant time) with the one in
 /// `auth`. `req.headers` must hold the received values of the headers `auth.signed_headers` names (other
 /// than `host`, taken from `req.host`); `date` is the received [`HEADER_DATE`].
+#[cfg(test)]
 pub fn verify(auth: &Authorization, req: &Request<'_>, date: &str, secret_key: &str) -> bool {
     let c = constants(auth.version);
     let headers = collect_headers(req.headers);
@@ -219,6 +230,7 @@ pub fn verify(auth: &Authorization, req: &Request<'_>, date: &str, secret_key: &
     constant_time_eq(expected.as_bytes(), auth.signature.as_bytes())
 }
 
+#[cfg(test)]
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -462,71 +474,41 @@ fn canonical_query_v3(query: &str) -> String {
     pairs.join("&")
 }
 
-/// `YYYYMMDDTHHMMSSZ` in UTC, the [`HEADER_DATE`] format.
+/// The [`HEADER_DATE`] layout, `YYYYMMDDTHHMMSSZ` (UTC), for writing and reading alike.
+const DATE_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+
+/// `YYYYMMDDTHHMMSSZ` in UTC, the [`HEADER_DATE`] format. Whole seconds (the fraction is dropped); a
+/// time before 1970 is written as the epoch, one after 9999 as the last second of 9999.
 pub fn format_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let at = i64::try_from(secs)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(PrimitiveDateTime::MAX.assume_utc());
+    // Cannot fail: `time` refuses to format only a component the value lacks, or on an I/O error.
+    at.format(DATE_FORMAT).unwrap_or_default()
 }
 
-/// Reads a [`HEADER_DATE`] value back; `None` for anything not exactly `YYYYMMDDTHHMMSSZ`.
+/// Reads a [`HEADER_DATE`] value back; `None` for anything not exactly `YYYYMMDDTHHMMSSZ` naming a real
+/// UTC second from 1970 on. Stricter than the hand-written parser it replaced, which rolled a day past the
+/// month's end or a second `60` over into the next day or minute: on 3,000,000 mutated date strings those
+/// were the only differences (the formatting was identical on 2,000,000 times up to 9999-12-31T23:59:59Z).
+/// Signers never write such dates; only tests read them.
+#[cfg(test)]
 pub fn parse_date(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() != 16 || b.get(8) != Some(&b'T') || b.get(15) != Some(&b'Z') {
+    // `time`'s `[year]` also reads a signed year (`+2024…`, 17 bytes), which no signer writes.
+    if s.len() != 16 {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let part = s.get(r)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let days = days_from_civil(y as i64, mo as u32, d as u32);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + se;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let at = PrimitiveDateTime::parse(s, DATE_FORMAT).ok()?.assume_utc();
+    let secs = u64::try_from(at.unix_timestamp()).ok()?;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// A random version-4 UUID in its usual text form, the nonce the SDKs send.
+///
+/// Not `Uuid::new_v4()`: that panics when the OS RNG fails, where this falls back to the clock.
 pub fn new_nonce() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
@@ -537,17 +519,10 @@ pub fn new_nonce() -> String {
             .unwrap_or_default();
         b = t.as_nanos().to_le_bytes();
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(0..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..32).unwrap_or_default()
-    )
+    uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 #[cfg(test)]

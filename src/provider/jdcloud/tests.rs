@@ -6,14 +6,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::config::SignVersion;
-use crate::testing::fake_jdcloud::{Counts, FAKE_KEY_ID, FAKE_SECRET_KEY, FakeJdCloud, Fault};
+use gm_kms_testkit::fake_jdcloud::{Counts, FAKE_KEY_ID, FAKE_SECRET_KEY, FakeJdCloud, Fault};
 
 fn provider(spec: &JdCloudSpec) -> JdCloudProvider {
     JdCloudProvider::new(spec).expect("provider builds")
 }
 
+/// A provider config for key `key_id` of the fake: schema `http`, signing v3, legacy reads on.
+fn spec_for(fake: &FakeJdCloud, key_id: &str, timeout: Duration) -> JdCloudSpec {
+    JdCloudSpec {
+        access_key: crate::secret::SecretString::new(fake.access_key().to_string()),
+        secret_key: crate::secret::SecretString::new(fake.secret_key().to_string()),
+        endpoint: fake.endpoint(),
+        key_id: key_id.to_string(),
+        schema: "http".into(),
+        timeout,
+        sign_version: SignVersion::V3,
+        legacy_ciphertexts: true,
+    }
+}
+
+/// [`spec_for`] the key the fake started with, 2 s timeout.
+fn fake_spec(fake: &FakeJdCloud) -> JdCloudSpec {
+    spec_for(fake, fake.key_id(), Duration::from_millis(2000))
+}
+
 fn short(fake: &FakeJdCloud, timeout_ms: u64) -> JdCloudSpec {
-    fake.spec_for(FAKE_KEY_ID, Duration::from_millis(timeout_ms))
+    spec_for(fake, FAKE_KEY_ID, Duration::from_millis(timeout_ms))
 }
 
 fn dk(b: u8) -> DataKey {
@@ -35,7 +54,7 @@ async fn wrap_unwrap_round_trip_with_both_sign_versions() {
     let fake = FakeJdCloud::start().await;
     for version in [SignVersion::V3, SignVersion::V2] {
         fake.reset_counts();
-        let mut spec = fake.spec();
+        let mut spec = fake_spec(&fake);
         spec.sign_version = version;
         let p = provider(&spec);
         assert_eq!(p.kek_id(), format!("jdcloud-{FAKE_KEY_ID}"));
@@ -64,7 +83,7 @@ async fn wrap_unwrap_round_trip_with_both_sign_versions() {
 #[tokio::test]
 async fn describe_reports_the_key_state() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     assert_eq!(
         p.describe().await.unwrap(),
         format!("jdcloud key {FAKE_KEY_ID}: enabled")
@@ -82,14 +101,14 @@ async fn describe_reports_the_key_state() {
     fake.set_key_status(FAKE_KEY_ID, 2);
     assert_eq!(p.key_state().await.unwrap(), KeyState::PendingDeletion);
     assert_eq!(fake.counts().describe, 4);
-    let unknown = provider(&fake.spec_for("no-such-key", Duration::from_secs(2)));
+    let unknown = provider(&spec_for(&fake, "no-such-key", Duration::from_secs(2)));
     assert_eq!(kind(&unknown.describe().await.unwrap_err()), "Refused");
 }
 
 #[tokio::test]
 async fn disabled_or_unknown_key_is_refused_once_without_retry() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     let wrapped = p.wrap(&dk(1)).await.unwrap();
     fake.reset_counts();
     fake.set_keys_enabled(false);
@@ -103,7 +122,7 @@ async fn disabled_or_unknown_key_is_refused_once_without_retry() {
     assert_eq!(p.unwrap(&wrapped).await.unwrap(), dk(1));
 
     fake.reset_counts();
-    let unknown = provider(&fake.spec_for("no-such-key", Duration::from_secs(2)));
+    let unknown = provider(&spec_for(&fake, "no-such-key", Duration::from_secs(2)));
     let e = unknown.wrap(&dk(1)).await.unwrap_err();
     assert_eq!(kind(&e), "Refused", "{e}");
     assert!(e.to_string().contains("404"), "{e}");
@@ -113,7 +132,7 @@ async fn disabled_or_unknown_key_is_refused_once_without_retry() {
 #[tokio::test]
 async fn wrong_credentials_are_permission_denied_and_not_retried() {
     let fake = FakeJdCloud::start().await;
-    let mut spec = fake.spec();
+    let mut spec = fake_spec(&fake);
     spec.secret_key = crate::secret::SecretString::new("wrong-secret-key-value".into());
     let e = provider(&spec).wrap(&dk(2)).await.unwrap_err();
     assert_eq!(kind(&e), "PermissionDenied", "{e}");
@@ -122,7 +141,7 @@ async fn wrong_credentials_are_permission_denied_and_not_retried() {
     let c = fake.counts();
     assert_eq!((c.encrypt, c.bad_signature), (1, 1), "{c:?}");
 
-    let mut spec = fake.spec();
+    let mut spec = fake_spec(&fake);
     spec.access_key = crate::secret::SecretString::new("OTHERAK".into());
     let e = provider(&spec).describe().await.unwrap_err();
     assert_eq!(kind(&e), "PermissionDenied", "{e}");
@@ -132,7 +151,7 @@ async fn wrong_credentials_are_permission_denied_and_not_retried() {
 #[tokio::test]
 async fn transient_failures_are_retried_then_succeed() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     let wrapped = p.wrap(&dk(3)).await.unwrap();
     for fault in [
         Fault::Status500,
@@ -164,7 +183,7 @@ async fn transient_failures_are_retried_then_succeed() {
 #[tokio::test]
 async fn persistent_transient_failures_are_unavailable_after_three_attempts() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     let wrapped = p.wrap(&dk(4)).await.unwrap();
     for fault in [
         Fault::Status500,
@@ -190,7 +209,7 @@ async fn persistent_transient_failures_are_unavailable_after_three_attempts() {
 #[tokio::test]
 async fn unusable_success_answers_are_unavailable_never_empty_keys() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     let wrapped = p.wrap(&dk(5)).await.unwrap();
     let legacy = wire::b64_encode(&fake.legacy_ciphertext(b"legacy payload"));
     for fault in [Fault::GarbageJson, Fault::EmptyResult, Fault::EmptyValue] {
@@ -246,7 +265,7 @@ async fn a_hanging_kms_is_unavailable_within_the_deadline() {
 #[tokio::test]
 async fn a_kms_that_is_down_is_unavailable_fast_and_recovery_is_automatic() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     let wrapped = p.wrap(&dk(7)).await.unwrap();
     fake.set_down(true).await;
     fake.reset_counts();
@@ -274,8 +293,8 @@ async fn a_kms_that_is_down_is_unavailable_fast_and_recovery_is_automatic() {
 async fn foreign_or_broken_wrapped_keys_are_invalid() {
     let fake = FakeJdCloud::start().await;
     fake.add_key("second-key");
-    let p = provider(&fake.spec());
-    let other = provider(&fake.spec_for("second-key", Duration::from_secs(2)));
+    let p = provider(&fake_spec(&fake));
+    let other = provider(&spec_for(&fake, "second-key", Duration::from_secs(2)));
     let wrapped_by_other = other.wrap(&dk(8)).await.unwrap();
     fake.reset_counts();
     let e = p.unwrap(&wrapped_by_other).await.unwrap_err();
@@ -293,7 +312,7 @@ async fn foreign_or_broken_wrapped_keys_are_invalid() {
 #[tokio::test]
 async fn legacy_ciphertexts_of_the_jd_plugin_decrypt_to_their_payload() {
     let fake = FakeJdCloud::start().await;
-    let p = provider(&fake.spec());
+    let p = provider(&fake_spec(&fake));
     assert!(p.legacy_ciphertexts());
     for payload in [
         &b"k8s:enc:kms:v1:secret payload"[..],
@@ -311,7 +330,7 @@ async fn legacy_ciphertexts_of_the_jd_plugin_decrypt_to_their_payload() {
 #[tokio::test]
 async fn concurrent_calls_use_distinct_nonces() {
     let fake = FakeJdCloud::start().await;
-    let p = std::sync::Arc::new(provider(&fake.spec()));
+    let p = std::sync::Arc::new(provider(&fake_spec(&fake)));
     let mut tasks = Vec::new();
     for i in 0..32u8 {
         let p = p.clone();
@@ -365,7 +384,7 @@ fn bad_configs_are_config_errors_and_never_show_secrets() {
         f(&mut s);
         match JdCloudProvider::new(&s) {
             Err(ProviderError::Config(m)) => {
-                assert!(!m.contains("SKHIDDEN"), "{m}");
+                assert!(!m.message().contains("SKHIDDEN"), "{m}");
                 m
             }
             other => panic!("expected a config error, got {other:?}"),

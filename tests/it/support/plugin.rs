@@ -168,7 +168,7 @@ fn rand_suffix() -> u64 {
     u64::from_le_bytes(b) % 1000
 }
 
-pub use gm_kms_plugin::testing::client::uds_channel as channel;
+pub use gm_kms_testkit::client::uds_channel as channel;
 
 /// A KMS v2 client over a unix socket.
 pub type V2 = V2Client<Channel>;

@@ -1,5 +1,6 @@
 //! Runs the Python test oracles in `tests/py/` (independent SM4-GCM, a grpcio KMS client that behaves like
-//! kube-apiserver) with the venv and gRPC stubs that `scripts/test.sh` sets up.
+//! kube-apiserver) with the venv and gRPC stubs that `scripts/test.sh` sets up. Only the `#[ignore]`d
+//! `live::` tests use it (the live step of `scripts/test.sh`); the default `cargo test` needs no Python.
 
 // Not every test file uses every helper; the unused ones must not fail `clippy -D warnings`.
 #![allow(dead_code)]

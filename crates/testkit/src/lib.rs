@@ -1,0 +1,12 @@
+//! Test doubles of gm-kms-plugin, used by its unit tests, integration tests and benchmarks and by nothing
+//! that ships: the plugin has this crate as a dev-dependency only, and this crate does not depend on the
+//! plugin. What the doubles need of the plugin's world (SM4-GCM, JD Cloud request signatures) they do
+//! themselves, written from the specifications, so that they check the plugin rather than echo it.
+//!
+//! - [`fake_jdcloud`]: a faithful fake of JD Cloud KMS, a real HTTP/1.1 server on `127.0.0.1`.
+//! - [`jdcloud_sig`]: the fake gateway's verifier of `JDCLOUD3`/`JDCLOUD2-HMAC-SHA256` signatures.
+//! - [`client`]: a gRPC channel over a unix socket, as the tests dial the plugin.
+
+pub mod client;
+pub mod fake_jdcloud;
+pub mod jdcloud_sig;
