@@ -12,8 +12,9 @@ use gm_kms_plugin::proto::{v1beta1, v2};
 use serde_json::json;
 use tonic::Code;
 
+use crate::support::plugin::Plugin as Proc;
 use crate::support::plugin::{self, V2, v2_decrypt, v2_encrypt};
-use crate::support::sdf::{self, Proc, SoftDevice, check, config, sdf_key, secret_file};
+use crate::support::sdf::{self, SoftDevice, check, config, sdf_key, secret_file};
 
 /// The plugin's v2 `Status`.
 async fn status(c: &mut V2) -> v2::StatusResponse {
@@ -49,7 +50,7 @@ fn sm2_twin(dev: &SoftDevice, extra: serde_json::Value) -> (tempfile::TempDir, P
         json!({"Provider": "sm2", "Sm2PrivateKeyFile": key}),
         extra,
     );
-    let p = Proc::start(&config, &socket, dev);
+    let p = sdf::start(&config, &socket, dev);
     (dir, p)
 }
 
@@ -101,7 +102,7 @@ async fn profile_round_trips(profile: &'static str) {
     let dev = SoftDevice::new(profile);
     let dir = tempfile::tempdir().unwrap();
     let (cfg, socket) = config(dir.path(), sdf_key(dir.path(), &dev), json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c2 = plugin::v2(&socket).await;
     let id = healthy(&mut c2, &p).await;
 
@@ -242,7 +243,7 @@ async fn restart_then_10000_decrypts_make_one_device_decrypt_per_data_key() {
         sdf_key(dir.path(), &dev),
         json!({"DataKeyMaxUses": 2500}),
     );
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
     let cts = Arc::new(seal_many(&socket, N).await);
@@ -265,7 +266,7 @@ async fn restart_then_10000_decrypts_make_one_device_decrypt_per_data_key() {
     // A fresh process: nothing cached. The background health round trip also decrypts in the device (one
     // encrypt and one decrypt each), so probes are subtracted by their encrypts: Decrypt traffic encrypts
     // nothing.
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
     let (dec0, enc0) = (
@@ -292,7 +293,7 @@ async fn a_communication_failure_is_unavailable_and_the_pool_recovers() {
     let cts = seal_many(&twin.socket, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let (cfg, socket) = config(dir.path(), sdf_key(dir.path(), &dev), json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
     let opened = dev.count("SDF_OpenSession");
@@ -323,7 +324,7 @@ async fn a_wrong_length_key_from_the_device_is_a_device_fault() {
     let cts = seal_many(&twin.socket, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let (cfg, socket) = config(dir.path(), sdf_key(dir.path(), &dev), json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
 
@@ -349,7 +350,7 @@ async fn a_wrong_pin_fails_closed_without_a_retry_storm_until_a_fixed_reload() {
     let pin = secret_file(dir.path(), "pin", "not-the-pin\n");
     key["SdfPinFile"] = json!(pin);
     let (cfg, socket) = config(dir.path(), key, json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
 
     for (_, ct) in &cts {
@@ -414,7 +415,7 @@ async fn a_slow_device_cannot_hold_a_caller_past_its_deadline() {
     let cts = seal_many(&twin.socket, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let (cfg, socket) = config(dir.path(), sdf_key(dir.path(), &dev), json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
 
@@ -461,7 +462,7 @@ async fn sixteen_concurrent_cold_decrypts_share_four_sessions() {
     let mut key = sdf_key(dir.path(), &dev);
     key["SdfSessions"] = json!(4);
     let (cfg, socket) = config(dir.path(), key, json!({}));
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     healthy(&mut c, &p).await;
     let dec0 = dev.count("SDF_InternalDecrypt_ECC");
@@ -500,7 +501,7 @@ async fn rotation_from_a_file_key_to_the_device_under_load_by_sighup() {
         json!({"Provider": "sm2", "Sm2PrivateKeyFile": file_key}),
         json!({"DataKeyMaxUses": 50}),
     );
-    let p = Proc::start(&cfg, &socket, &dev);
+    let p = sdf::start(&cfg, &socket, &dev);
     let mut c = plugin::v2(&socket).await;
     let old_id = healthy(&mut c, &p).await;
     let early = v2_encrypt(&mut c, b"sealed with the file key")

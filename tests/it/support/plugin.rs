@@ -61,6 +61,19 @@ pub struct Plugin {
 impl Plugin {
     /// Starts the binary with `config` (a file already written) and waits until the socket accepts.
     pub fn start(config: &Path, socket: &Path) -> Self {
+        Self::start_with_env(config, socket, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// [`Plugin::start`] with extra environment variables (e.g. a vendor library's settings).
+    pub fn start_with_env<K, V>(
+        config: &Path,
+        socket: &Path,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Self
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let log = config.with_extension(format!(
             "{}.log",
             std::process::id() as u64 * 1000 + rand_suffix()
@@ -69,6 +82,7 @@ impl Plugin {
         let child = Command::new(binary())
             .arg("-f")
             .arg(config)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file)

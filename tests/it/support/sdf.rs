@@ -5,12 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gm_sdf::locate::{DIR_ENV, PROFILE_ENV};
 
-use super::plugin::{binary, openssl_key, write_config};
+use super::plugin::{Plugin, binary, openssl_key, write_config};
 
 /// The access password the soft device expects for key 1 (`pin-1`).
 pub const PIN: &str = "12345678";
@@ -114,84 +114,9 @@ pub fn config(dir: &Path, key: serde_json::Value, extra: serde_json::Value) -> (
     (write_config(dir, &config), socket)
 }
 
-/// A plugin process that can open the soft device (as `support::plugin::Plugin`, plus the environment).
-pub struct Proc {
-    child: Option<Child>,
-    pub socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts the binary with `config`, `dev`'s environment, and waits until the socket accepts.
-    pub fn start(config: &Path, socket: &Path, dev: &SoftDevice) -> Self {
-        let log = config.with_extension(format!("{}.log", unique()));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary())
-            .arg("-f")
-            .arg(config)
-            .envs(dev.env())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("dup log"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start plugin");
-        let mut p = Proc {
-            child: Some(child),
-            socket: socket.to_path_buf(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("plugin exited early ({status}):\n{}", p.logs());
-            }
-            assert!(Instant::now() < deadline, "plugin not ready:\n{}", p.logs());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        p
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().map(Child::id).expect("running");
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> ExitStatus {
-        self.signal("TERM");
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "plugin did not exit:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Starts the plugin with `config` and `dev`'s environment, so it can open the soft device.
+pub fn start(config: &Path, socket: &Path, dev: &SoftDevice) -> Plugin {
+    Plugin::start_with_env(config, socket, dev.env())
 }
 
 fn unique() -> u64 {
