@@ -14,6 +14,7 @@
 )]
 
 mod support {
+    pub mod load;
     pub mod plugin;
     pub mod python;
     pub mod rawh2;

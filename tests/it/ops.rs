@@ -5,8 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -16,6 +14,7 @@ use gm_kms_testkit::fake_jdcloud::FakeJdCloud;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::load::{Load, wait_for_new_key_id};
 use crate::support::plugin::{
     self, Plugin, V2, copy_key, openssl_key, v2_decrypt, v2_encrypt, write_config,
 };
@@ -729,51 +728,8 @@ async fn sighup_rotation_under_concurrent_load_fails_no_call() {
         .unwrap();
     assert_eq!(early.key_id, old_id);
 
-    const TASKS: usize = 4;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let mut c = plugin::v2(&socket).await;
-        let (stop, ops) = (stop.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let mut key_ids = HashSet::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let plain = format!("task {t} message {i}").into_bytes();
-                i += 1;
-                match v2_encrypt(&mut c, &plain).await {
-                    Ok(r) => {
-                        key_ids.insert(r.key_id.clone());
-                        match v2_decrypt(&mut c, &r.ciphertext).await {
-                            Ok(back) if back == plain => {}
-                            Ok(_) => failures.push("decrypt returned other bytes".to_string()),
-                            Err(e) => failures.push(format!("decrypt: {e}")),
-                        }
-                    }
-                    Err(e) => failures.push(format!("encrypt: {e}")),
-                }
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-            (failures, key_ids)
-        }));
-    }
-    let wait_ops = |n: u64| {
-        let ops = ops.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while ops.load(Ordering::Relaxed) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "load stalled at {} ops",
-                    ops.load(Ordering::Relaxed)
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    wait_ops(100).await;
+    let load = Load::start(&socket, 4).await;
+    load.wait_ops(100).await;
 
     // The operator's rotation: new primary, old key decrypt-only, then SIGHUP; the socket never drops.
     sm2_config(
@@ -783,34 +739,9 @@ async fn sighup_rotation_under_concurrent_load_fails_no_call() {
         json!({"PreviousKeys": [{"Sm2PrivateKeyFile": old}]}),
     );
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new_id = loop {
-        let id = key_id(&mut c).await;
-        if id != old_id {
-            break id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Status key_id never changed:\n{}",
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let at_rotation = ops.load(Ordering::Relaxed);
-    wait_ops(at_rotation + 200).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut all_ids = HashSet::new();
-    for t in tasks {
-        let (failures, ids) = t.await.unwrap();
-        assert!(
-            failures.is_empty(),
-            "{} failed calls, first: {:?}",
-            failures.len(),
-            failures.first()
-        );
-        all_ids.extend(ids);
-    }
+    let new_id = wait_for_new_key_id(&mut c, &old_id, || p.logs()).await;
+    load.wait_ops(load.ops() + 200).await;
+    let all_ids = load.finish(|| p.logs()).await;
     assert!(
         all_ids.contains(&new_id),
         "no Encrypt after the rotation used the new key: {all_ids:?}"

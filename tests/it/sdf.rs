@@ -5,13 +5,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gm_kms_plugin::proto::{v1beta1, v2};
 use serde_json::json;
 use tonic::Code;
 
+use crate::support::load::{Load, wait_for_new_key_id};
 use crate::support::plugin::Plugin as Proc;
 use crate::support::plugin::{self, V2, v2_decrypt, v2_encrypt};
 use crate::support::sdf::{self, SoftDevice, check, config, sdf_key, secret_file};
@@ -508,47 +508,8 @@ async fn rotation_from_a_file_key_to_the_device_under_load_by_sighup() {
         .await
         .unwrap();
 
-    const TASKS: usize = 4;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let mut c = plugin::v2(&socket).await;
-        let (stop, ops) = (stop.clone(), ops.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let mut ids = HashSet::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let plain = format!("task {t} message {i}").into_bytes();
-                i += 1;
-                match v2_encrypt(&mut c, &plain).await {
-                    Ok(r) => {
-                        ids.insert(r.key_id.clone());
-                        match v2_decrypt(&mut c, &r.ciphertext).await {
-                            Ok(back) if back == plain => {}
-                            Ok(_) => failures.push("decrypt returned other bytes".to_string()),
-                            Err(e) => failures.push(format!("decrypt: {e}")),
-                        }
-                    }
-                    Err(e) => failures.push(format!("encrypt: {e}")),
-                }
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-            (failures, ids)
-        }));
-    }
-    let wait_ops = |n: u64| {
-        let ops = ops.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while ops.load(Ordering::Relaxed) < n {
-                assert!(Instant::now() < deadline, "load stalled");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    wait_ops(100).await;
+    let load = Load::start(&socket, 4).await;
+    load.wait_ops(100).await;
 
     // The device key becomes primary, the file key decrypt-only; SIGHUP; the socket never drops.
     config(
@@ -557,34 +518,9 @@ async fn rotation_from_a_file_key_to_the_device_under_load_by_sighup() {
         json!({"DataKeyMaxUses": 50, "PreviousKeys": [{"Provider": "sm2", "Sm2PrivateKeyFile": file_key}]}),
     );
     p.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let new_id = loop {
-        let id = status(&mut c).await.key_id;
-        if id != old_id {
-            break id;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "key id never changed:\n{}",
-            p.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let at_rotation = ops.load(Ordering::Relaxed);
-    wait_ops(at_rotation + 300).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all_ids = HashSet::new();
-    for t in tasks {
-        let (failures, ids) = t.await.unwrap();
-        assert!(
-            failures.is_empty(),
-            "{} failed calls, first: {:?}\n{}",
-            failures.len(),
-            failures.first(),
-            p.logs()
-        );
-        all_ids.extend(ids);
-    }
+    let new_id = wait_for_new_key_id(&mut c, &old_id, || p.logs()).await;
+    load.wait_ops(load.ops() + 300).await;
+    let all_ids = load.finish(|| p.logs()).await;
     assert!(all_ids.contains(&new_id), "{all_ids:?}");
     assert!(
         all_ids.iter().all(|id| *id == old_id || *id == new_id),
