@@ -81,15 +81,15 @@ fn main() {
         .build()
         .expect("runtime");
     let report = rt.block_on(run(plan));
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
+    let dir = common::report_dir();
+    std::fs::create_dir_all(&dir).expect("the report directory");
     let name = if full { "latest.json" } else { "smoke.json" };
     std::fs::write(
         dir.join(name),
         serde_json::to_vec_pretty(&report).expect("json"),
     )
     .expect("write report");
-    println!("\nwrote target/bench/{name}");
+    println!("\nwrote {}", dir.join(name).display());
 }
 
 fn start_floor(socket: &Path, raw: bool) -> Proc {
@@ -537,7 +537,7 @@ async fn cold_jdcloud(dir: &Path, plan: &Plan) -> Value {
             .expect("json");
     config["HealthAddr"] = json!("");
     let path = dir.join("jd.json");
-    std::fs::write(&path, config.to_string()).expect("config");
+    common::write_private(&path, config.to_string());
     // jdcloud-mode throughput at 16 connections with the default data-key policy, and its remote calls.
     let (p, _) = start_plugin(&path, &socket);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,8 +58,8 @@ fn main() {
         };
         report.insert("faults".into(), rt.block_on(faults(phase)));
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).expect("target/bench");
+    let dir = common::report_dir();
+    std::fs::create_dir_all(&dir).expect("the report directory");
     let name = if full {
         "reliability.json"
     } else {
@@ -71,7 +70,7 @@ fn main() {
         serde_json::to_vec_pretty(&report).expect("json"),
     )
     .expect("write");
-    println!("wrote target/bench/{name}");
+    println!("wrote {}", dir.join(name).display());
     let failed = report.values().any(|v| v["ok"] == false);
     assert!(!failed, "a reliability run failed its bar; see above");
 }
@@ -185,7 +184,7 @@ async fn faults(phase: Duration) -> Value {
     config["DataKeyMaxUses"] = json!(20);
     config["DataKeyCacheSize"] = json!(1);
     let path = dir.path().join("jd.json");
-    std::fs::write(&path, config.to_string()).expect("config");
+    common::write_private(&path, config.to_string());
     let (_plugin, _) = start_plugin(&path, &socket);
 
     // A pool of ciphertexts under many data keys, made while everything is healthy.

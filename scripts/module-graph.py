@@ -36,7 +36,12 @@ END = "<!-- module-graph:end -->"
 # lower rank, or modules of its own rank when that rank is a leaf group (which must stay acyclic).
 RANKS: list[tuple[int, list[str], str]] = [
     (9, ["cli"], "command line: runs the plugin, keygen, encrypt/decrypt"),
-    (8, ["plugin"], "the running plugin: loads config and keys, wires everything, reloads"),
+    (
+        8,
+        ["plugin", "recover", "probe"],
+        "the running plugin: loads config and keys, wires everything, reloads; offline recovery of etcd "
+        "values; the `status` client",
+    ),
     (7, ["server", "http"], "the unix-socket gRPC server; the /healthz /livez /metrics listener"),
     (6, ["api"], "the two KMS gRPC services, error kinds to status codes"),
     (5, ["health", "metrics"], "background health state; metrics rendered from a snapshot"),

@@ -6,23 +6,40 @@
 #      then exactly the `#[ignore]`d `live::` tests, which run the Python oracles at test time (fresh
 #      SM4-GCM cases in `cryptography`, the official JD Cloud SDK's signer, a grpcio client sending every
 #      `:authority` kube-apiserver sends): `cargo test --lib --test it -- --ignored live::`.
-# Usage: scripts/test.sh [--no-live | --live-only] [cargo test args...]
+# Usage: scripts/test.sh [--no-live | --live-only | --print-paths] [cargo test args...]
 #   e.g. scripts/test.sh --lib, scripts/test.sh -- --nocapture; the args go to step 1 only.
+#   --print-paths prints where the script writes (VENV=…, STUBS=…, PYCACHE=…) and exits.
 # Needs only the Rust toolchain, the openssl CLI, python3 and pip; everything else comes from PyPI.
+# Writes: the venv (.venv), the gRPC stubs (target/pystubs) and Python's bytecode cache (target/pycache);
+# with CARGO_TARGET_DIR set, all three go under it instead and nothing is written into the source tree.
 set -euo pipefail
 
 steps=both
 case ${1-} in
 --no-live) steps=main; shift ;;
 --live-only) steps=live; shift ;;
+--print-paths) steps=none; shift ;;
 esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-VENV=$ROOT/.venv
 REQ=$ROOT/scripts/requirements-test.txt
-STUBS=$ROOT/target/pystubs
+if [[ -n ${CARGO_TARGET_DIR-} ]]; then
+    TARGET=$(realpath -m -- "$CARGO_TARGET_DIR")
+    VENV=$TARGET/venv
+else
+    TARGET=$ROOT/target
+    VENV=$ROOT/.venv
+fi
+STUBS=$TARGET/pystubs
 STAMP=$VENV/.requirements.sha256
+# Python's bytecode caches (__pycache__ next to tests/py/*.py otherwise) go under the target directory.
+export PYTHONPYCACHEPREFIX=$TARGET/pycache
+
+if [[ $steps == none ]]; then
+    printf 'VENV=%s\nSTUBS=%s\nPYCACHE=%s\n' "$VENV" "$STUBS" "$PYTHONPYCACHEPREFIX"
+    exit 0
+fi
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -55,7 +72,7 @@ fi
 
 # 3. Python gRPC stubs for both KMS APIs. grpc_tools carries its own protoc, so none is needed on the
 #    machine; regenerated every run because it takes well under a second and can never go stale.
-say "generating Python gRPC stubs in target/pystubs"
+say "generating Python gRPC stubs in $STUBS"
 rm -rf "$STUBS"
 mkdir -p "$STUBS"
 "$VENV/bin/python" -m grpc_tools.protoc -I proto --python_out="$STUBS" --grpc_python_out="$STUBS" \

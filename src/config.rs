@@ -35,13 +35,13 @@ pub const MAX_SDF_SESSIONS: u32 = 64;
 /// A configuration problem, always naming the file and, where there is one, the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: cannot read: {source}")]
+    #[error("config file {path}: cannot read: {cause}")]
     /// The file could not be read.
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (named in the message, so not a `source()`: the rule of crate::error).
+        cause: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     /// The file is not a valid config.
@@ -108,6 +108,38 @@ pub struct JdCloudSpec {
     pub sign_version: SignVersion,
     /// Also read ciphertexts written by JD Cloud's own plugin (no header).
     pub legacy_ciphertexts: bool,
+    /// How the endpoint is reached: proxy and TLS trust (`KmsProxy`, `KmsCaFile`, …).
+    pub network: KmsNetwork,
+}
+
+/// How a JD Cloud key reaches its endpoint (issue 15). The default is what a config without these fields
+/// gets: the proxy environment variables decide, the system's (else Mozilla's) roots are trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KmsNetwork {
+    /// `KmsProxy` (and its credentials); `None`: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` decide.
+    pub proxy: Option<ProxySpec>,
+    /// `KmsCaFile`: a PEM bundle of extra roots, read when the provider loads.
+    pub ca_file: Option<PathBuf>,
+    /// `KmsCaFileOnly`: trust only `KmsCaFile`'s roots.
+    pub ca_file_only: bool,
+}
+
+/// An explicit HTTP forward proxy (`KmsProxy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySpec {
+    /// `http://host:port`, without credentials.
+    pub url: String,
+    /// From `KmsProxyCredentialsFile`, for HTTP Basic proxy authentication.
+    pub credentials: Option<ProxyCredentials>,
+}
+
+/// A proxy user and password (`KmsProxyCredentialsFile`, `user:password`); never printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyCredentials {
+    /// The user name.
+    pub user: SecretString,
+    /// The password.
+    pub password: SecretString,
 }
 
 /// An SM2 key-encryption key inside a GM/T 0018 cipher machine, reached through the vendor's SDF library
@@ -180,11 +212,73 @@ pub struct Config {
     pub kms_v2_version: String,
     /// `DebugMode`.
     pub debug: bool,
+    /// `LogLevel`: the serving plugin's log level, ahead of `DebugMode`; a reload applies it at once.
+    pub log_level: Option<LogLevel>,
+    /// `AllowedPeerUids`: the uids whose connections the KMS socket serves (`SO_PEERCRED`), sorted,
+    /// without duplicates; by default root and the plugin's own (effective) uid. A reload applies it to
+    /// new connections.
+    pub allowed_peer_uids: Vec<u32>,
 }
+
+/// A log level (`LogLevel` in the config, `--log-level` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Nothing at all.
+    Off,
+    /// Failures only.
+    Error,
+    /// Failures and what may become one.
+    Warn,
+    /// What the plugin does (start, reloads, rotations, failed calls); the default for `serve`.
+    Info,
+    /// Also each step, for finding a fault (never secrets).
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The accepted spellings, in order of verbosity.
+    pub const NAMES: [&'static str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+    /// Parses one of [`LogLevel::NAMES`].
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a log level (one of {})",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+
+    /// The level's name, as [`LogLevel::parse`] reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Values of the example configs (deploy/) that must be replaced: a field still holding one is refused,
+/// by name, before anything else happens (no remote call with a placeholder credential).
+pub const PLACEHOLDER_PREFIX: &str = "REPLACE-WITH-";
 
 /// Fields that describe one key; accepted at the top level (the primary key) and in `PreviousKeys`.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", expecting = "a JSON object of key fields")]
 struct RawKey {
     provider: Option<String>,
     sm2_private_key_file: Option<PathBuf>,
@@ -198,6 +292,11 @@ struct RawKey {
     kms_timeout_ms: Option<u64>,
     kms_sign_version: Option<u8>,
     legacy_ciphertexts: Option<bool>,
+    // The network fields of a jdcloud key, checked by hand (named in type errors) as the `Sdf*` ones.
+    kms_proxy: Option<serde_json::Value>,
+    kms_proxy_credentials_file: Option<serde_json::Value>,
+    kms_ca_file: Option<serde_json::Value>,
+    kms_ca_file_only: Option<serde_json::Value>,
     // The `Sdf*` fields are JSON values checked by hand: a type error inside this flattened struct would
     // otherwise be reported without the field's name.
     sdf_library: Option<serde_json::Value>,
@@ -208,6 +307,7 @@ struct RawKey {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a JSON object of key fields")]
 struct RawKeyEntry {
     #[serde(flatten)]
     key: RawKey,
@@ -217,7 +317,10 @@ struct RawKeyEntry {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(
+    rename_all = "PascalCase",
+    expecting = "a JSON object of config fields"
+)]
 struct RawConfig {
     #[serde(rename = "GRPCSocketPath")]
     grpc_socket_path: Option<String>,
@@ -229,6 +332,8 @@ struct RawConfig {
     #[serde(rename = "KmsV2Version")]
     kms_v2_version: Option<String>,
     debug_mode: Option<bool>,
+    log_level: Option<String>,
+    allowed_peer_uids: Option<Vec<u32>>,
     #[serde(flatten)]
     key: RawKey,
     #[serde(flatten)]
@@ -237,12 +342,37 @@ struct RawConfig {
 
 impl Config {
     /// Reads, parses and validates a config file, including any `SecretKeyFile` it names.
+    ///
+    /// A FIFO or device at the path fails at once. A file that holds an inline `SecretKey` must itself
+    /// pass the secret-file rule of [`crate::keyfile`] (as `SecretKeyFile` would), else it is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let file = keyfile::read_regular_file(path, MAX_CONFIG_FILE, "config file").map_err(
+            |e| match e {
+                keyfile::KeyFileError::Io { cause, .. } => ConfigError::Read {
+                    path: path.to_path_buf(),
+                    cause,
+                },
+                other => ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: other.to_string(),
+                },
+            },
+        )?;
+        let text = std::str::from_utf8(file.bytes()).map_err(|_| ConfigError::Invalid {
             path: path.to_path_buf(),
-            source,
+            message: "not UTF-8 text".into(),
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(text, path)?;
+        if let Some(field) = inline_secret_field(text) {
+            file.check_secret_rule().map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "field {field} is inline, so this file must pass the secret-file rule (or move \
+                     the secret to SecretKeyFile): {e}"
+                ),
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses config text; `path` names the file in errors and anchors relative key paths.
@@ -265,6 +395,15 @@ impl Config {
         de.end()
             .map_err(|e| invalid(format!("trailing data after the JSON object: {e}")))?;
         reject_unknown(&raw.unknown, "").map_err(invalid)?;
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            reject_placeholders(&value, "").map_err(invalid)?;
+        }
+        let log_level = raw
+            .log_level
+            .as_deref()
+            .map(LogLevel::parse)
+            .transpose()
+            .map_err(|e| invalid(format!("field LogLevel: {e}")))?;
 
         let base = path.parent().unwrap_or(Path::new("."));
         let has_provider_field = raw.key.provider.is_some();
@@ -328,6 +467,7 @@ impl Config {
                 )));
             }
         };
+        let allowed_peer_uids = allowed_peer_uids(raw.allowed_peer_uids).map_err(invalid)?;
 
         let config = Config {
             path: path.to_path_buf(),
@@ -338,6 +478,8 @@ impl Config {
             data_keys,
             kms_v2_version,
             debug: raw.debug_mode.unwrap_or(false),
+            log_level,
+            allowed_peer_uids,
         };
         config.check_unique_ids().map_err(invalid)?;
         Ok(config)
@@ -361,6 +503,69 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Largest config file read: a few keys' fields; anything larger is a wrong path.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// The first inline `SecretKey` of a config text (`SecretKey` or `PreviousKeys[i].SecretKey`), found
+/// without copying its value.
+fn inline_secret_field(text: &str) -> Option<String> {
+    use serde::de::IgnoredAny;
+    #[derive(Deserialize)]
+    struct Key {
+        #[serde(rename = "SecretKey")]
+        secret_key: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Top {
+        #[serde(rename = "SecretKey")]
+        secret_key: Option<IgnoredAny>,
+        #[serde(rename = "PreviousKeys")]
+        previous_keys: Option<Vec<Key>>,
+    }
+    let top: Top = serde_json::from_str(text).ok()?;
+    if top.secret_key.is_some() {
+        return Some("SecretKey".into());
+    }
+    top.previous_keys?
+        .iter()
+        .position(|k| k.secret_key.is_some())
+        .map(|i| format!("PreviousKeys[{i}].SecretKey"))
+}
+
+/// Refuses a string value that is still an example's placeholder, naming its field (not its value).
+fn reject_placeholders(value: &serde_json::Value, at: &str) -> Result<(), String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.starts_with(PLACEHOLDER_PREFIX) => Err(format!(
+            "field {at} still holds the example's placeholder {PLACEHOLDER_PREFIX}…; put the real value in"
+        )),
+        Value::Object(fields) => fields.iter().try_for_each(|(name, v)| {
+            let dot = if at.is_empty() { "" } else { "." };
+            reject_placeholders(v, &format!("{at}{dot}{name}"))
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| reject_placeholders(v, &format!("{at}[{i}]"))),
+        _ => Ok(()),
+    }
+}
+
+/// `AllowedPeerUids`, or its default: root (kube-apiserver) and the plugin's own uid.
+fn allowed_peer_uids(raw: Option<Vec<u32>>) -> Result<Vec<u32>, String> {
+    let mut uids = raw.unwrap_or_else(|| vec![0, keyfile::own_uid()]);
+    if uids.is_empty() {
+        return Err(
+            "field AllowedPeerUids: empty, so no process could use the KMS socket; list kube-apiserver's \
+             uid (0 when it runs as root), or leave the field out for [0, the plugin's uid]"
+                .into(),
+        );
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
 }
 
 fn reject_unknown(unknown: &BTreeMap<String, serde_json::Value>, at: &str) -> Result<(), String> {
@@ -450,6 +655,13 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                     ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
                     ("KmsSignVersion", raw.kms_sign_version.is_some()),
                     ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
+                    ("KmsProxy", raw.kms_proxy.is_some()),
+                    (
+                        "KmsProxyCredentialsFile",
+                        raw.kms_proxy_credentials_file.is_some(),
+                    ),
+                    ("KmsCaFile", raw.kms_ca_file.is_some()),
+                    ("KmsCaFileOnly", raw.kms_ca_file_only.is_some()),
                     ("SdfLibrary", raw.sdf_library.is_some()),
                     ("SdfKeyIndex", raw.sdf_key_index.is_some()),
                     ("SdfPinFile", raw.sdf_pin_file.is_some()),
@@ -544,6 +756,15 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                     return Err(format!("field {at}KmsSignVersion: {other} must be 2 or 3"));
                 }
             };
+            let network = kms_network(
+                raw.kms_proxy,
+                raw.kms_proxy_credentials_file,
+                raw.kms_ca_file,
+                raw.kms_ca_file_only,
+                &schema,
+                base,
+                at,
+            )?;
             Ok(KeySpec::JdCloud(JdCloudSpec {
                 access_key: SecretString::new(access_key),
                 secret_key: SecretString::new(secret_key),
@@ -553,6 +774,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                 timeout: Duration::from_millis(timeout_ms),
                 sign_version,
                 legacy_ciphertexts: raw.legacy_ciphertexts.unwrap_or(legacy_default),
+                network,
             }))
         }
         "sdf" => {
@@ -568,6 +790,13 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
                     ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
                     ("KmsSignVersion", raw.kms_sign_version.is_some()),
                     ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
+                    ("KmsProxy", raw.kms_proxy.is_some()),
+                    (
+                        "KmsProxyCredentialsFile",
+                        raw.kms_proxy_credentials_file.is_some(),
+                    ),
+                    ("KmsCaFile", raw.kms_ca_file.is_some()),
+                    ("KmsCaFileOnly", raw.kms_ca_file_only.is_some()),
                 ],
                 "sdf",
             )?;
@@ -577,6 +806,134 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
             "field {at}Provider: {other:?} is not a provider; use \"sm2\", \"jdcloud\" or \"sdf\""
         )),
     }
+}
+
+/// The network fields of a `jdcloud` key (issue 15): `KmsProxy` (`http://host:port`; credentials only
+/// from the secret file `KmsProxyCredentialsFile`, `user:password`), `KmsCaFile`, `KmsCaFileOnly`.
+fn kms_network(
+    proxy: Option<serde_json::Value>,
+    credentials_file: Option<serde_json::Value>,
+    ca_file: Option<serde_json::Value>,
+    ca_file_only: Option<serde_json::Value>,
+    schema: &str,
+    base: &Path,
+    at: &str,
+) -> Result<KmsNetwork, String> {
+    let string = |v: Option<serde_json::Value>, field: &str| -> Result<Option<String>, String> {
+        match v {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            // The value is not echoed: it might be a proxy URL with a password in it.
+            Some(_) => Err(format!("field {at}{field}: must be a non-empty string")),
+        }
+    };
+    let proxy = string(proxy, "KmsProxy")?;
+    let credentials_file = string(credentials_file, "KmsProxyCredentialsFile")?.map(PathBuf::from);
+    let ca_file = string(ca_file, "KmsCaFile")?.map(PathBuf::from);
+    let ca_file_only = match ca_file_only {
+        None => None,
+        Some(serde_json::Value::Bool(b)) => Some(b),
+        Some(other) => {
+            return Err(format!(
+                "field {at}KmsCaFileOnly: {other} is not true or false"
+            ));
+        }
+    };
+    let credentials = match credentials_file {
+        None => None,
+        Some(_) if proxy.is_none() => {
+            return Err(format!(
+                "field {at}KmsProxyCredentialsFile needs {at}KmsProxy (credentials for a proxy from the environment go in its URL)"
+            ));
+        }
+        Some(f) => {
+            let f = resolve(base, f);
+            let bytes = keyfile::read_secret_file(&f)
+                .map_err(|e| format!("field {at}KmsProxyCredentialsFile: {e}"))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                format!(
+                    "field {at}KmsProxyCredentialsFile: {} is not UTF-8 text",
+                    f.display()
+                )
+            })?;
+            let (user, password) = text
+                .trim_end_matches(['\r', '\n'])
+                .split_once(':')
+                .filter(|(user, _)| !user.is_empty() && !user.contains(char::is_whitespace))
+                .ok_or_else(|| {
+                    format!(
+                        "field {at}KmsProxyCredentialsFile: {} must hold one line user:password",
+                        f.display()
+                    )
+                })?;
+            if password.contains(['\r', '\n']) {
+                return Err(format!(
+                    "field {at}KmsProxyCredentialsFile: {} must hold one line user:password",
+                    f.display()
+                ));
+            }
+            Some(ProxyCredentials {
+                user: SecretString::new(user.to_string()),
+                password: SecretString::new(password.to_string()),
+            })
+        }
+    };
+    let proxy = match proxy {
+        None => None,
+        Some(url) => Some(ProxySpec {
+            url: proxy_url(&url).map_err(|e| format!("field {at}KmsProxy: {e}"))?,
+            credentials,
+        }),
+    };
+    let ca_file_only = ca_file_only.unwrap_or(false);
+    if ca_file_only && ca_file.is_none() {
+        return Err(format!("field {at}KmsCaFileOnly: true needs {at}KmsCaFile"));
+    }
+    if schema != "https" {
+        if ca_file.is_some() {
+            return Err(format!(
+                "field {at}KmsCaFile applies to KmsSchema \"https\" only (this key uses {schema:?})"
+            ));
+        }
+        if ca_file_only {
+            return Err(format!(
+                "field {at}KmsCaFileOnly applies to KmsSchema \"https\" only (this key uses {schema:?})"
+            ));
+        }
+    }
+    Ok(KmsNetwork {
+        proxy,
+        ca_file: ca_file.map(|f| resolve(base, f)),
+        ca_file_only,
+    })
+}
+
+/// Checks a `KmsProxy` value and returns it as `http://host:port`. The value is never echoed: it might
+/// hold a password.
+fn proxy_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "not a URL; use http://host:port".to_string())?;
+    if uri.scheme_str() != Some("http") {
+        return Err(
+            "must start with http:// (an HTTP forward proxy; it tunnels https with CONNECT)".into(),
+        );
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "has no host; use http://host:port".to_string())?;
+    if authority.as_str().contains('@') {
+        return Err(
+            "credentials in the URL are not accepted; put user:password in the file named by KmsProxyCredentialsFile".into(),
+        );
+    }
+    if authority.host().is_empty() || authority.port_u16().is_none() {
+        return Err("needs a host and a port: http://host:port".into());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must be http://host:port, without a path or query".into());
+    }
+    Ok(format!("http://{authority}"))
 }
 
 /// The fields of an `sdf` key (DESIGN §5).
@@ -670,6 +1027,21 @@ mod tests {
     }
 
     #[test]
+    fn allowed_peer_uids_default_to_root_and_own_uid() {
+        let c = parse(r#"{"Sm2PrivateKeyFile": "k.pem"}"#).unwrap();
+        let mut want = vec![0, keyfile::own_uid()];
+        want.dedup();
+        assert_eq!(c.allowed_peer_uids, want);
+        let c =
+            parse(r#"{"Sm2PrivateKeyFile": "k.pem", "AllowedPeerUids": [1000, 0, 1000]}"#).unwrap();
+        assert_eq!(c.allowed_peer_uids, [0, 1000]);
+        let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "AllowedPeerUids": []}"#).unwrap_err();
+        assert!(e.contains("field AllowedPeerUids: empty"), "{e}");
+        let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "AllowedPeerUids": [-1]}"#).unwrap_err();
+        assert!(e.contains("AllowedPeerUids"), "{e}");
+    }
+
+    #[test]
     fn minimal_sm2_config_gets_defaults() {
         let c = parse(r#"{"Sm2PrivateKeyFile": "keys/k.pem"}"#).unwrap();
         assert_eq!(c.socket, SocketSpec::Path(DEFAULT_SOCKET_PATH.into()));
@@ -709,6 +1081,62 @@ mod tests {
         };
         assert!(!j.legacy_ciphertexts);
         assert_eq!(j.schema, "https");
+    }
+
+    #[test]
+    fn placeholders_are_refused_by_field_name_before_any_file_is_read() {
+        let e = parse(
+            r#"{"AccessKey": "REPLACE-WITH-THE-ACCESS-KEY", "SecretKeyFile": "/nonexistent",
+                "KmsEndpoint": "kms.example", "KmsKeyId": "k"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("field AccessKey still holds the example's placeholder"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("THE-ACCESS-KEY") && !e.contains("nonexistent"),
+            "{e}"
+        );
+        let e = parse(
+            r#"{"Sm2PrivateKeyFile": "k.pem", "PreviousKeys": [{"KmsKeyId": "REPLACE-WITH-ID"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("field PreviousKeys[0].KmsKeyId still holds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_config_that_is_not_an_object_names_no_internal_type() {
+        for text in [
+            "[]",
+            "\"x\"",
+            "1",
+            r#"{"Sm2PrivateKeyFile": "k.pem", "PreviousKeys": [1]}"#,
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.contains("Raw"), "{text}: {e}");
+            assert!(e.contains("a JSON object of"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_level_is_parsed_and_checked() {
+        let c = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "LogLevel": "debug"}"#).unwrap();
+        assert_eq!(c.log_level, Some(LogLevel::Debug));
+        assert_eq!(
+            parse(r#"{"Sm2PrivateKeyFile": "k.pem"}"#)
+                .unwrap()
+                .log_level,
+            None
+        );
+        let e = parse(r#"{"Sm2PrivateKeyFile": "k.pem", "LogLevel": "loud"}"#).unwrap_err();
+        assert!(e.contains("field LogLevel") && e.contains("trace"), "{e}");
+        for name in LogLevel::NAMES {
+            assert_eq!(LogLevel::parse(name).unwrap().as_str(), name);
+        }
     }
 
     #[test]
@@ -914,6 +1342,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unknown field PreviousKeys[0].SdfPin"), "{e}");
+    }
+
+    #[test]
+    fn inline_secret_keys_are_found() {
+        assert_eq!(
+            inline_secret_field(r#"{"Sm2PrivateKeyFile": "k.pem"}"#),
+            None
+        );
+        assert_eq!(
+            inline_secret_field(r#"{"KmsKeyId": "k", "SecretKeyFile": "s"}"#),
+            None
+        );
+        assert_eq!(
+            inline_secret_field(r#"{"KmsKeyId": "k", "SecretKey": "s"}"#).as_deref(),
+            Some("SecretKey")
+        );
+        assert_eq!(
+            inline_secret_field(
+                r#"{"Sm2PrivateKeyFile": "k.pem", "PreviousKeys": [{"Sm2PrivateKeyFile": "o.pem"}, {"SecretKey": "s"}]}"#
+            )
+            .as_deref(),
+            Some("PreviousKeys[1].SecretKey")
+        );
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! - [`Error`] is what sealing and opening report.
 //!
 //! Messages name what is wrong and never carry key material or credentials.
+//!
+//! One rule for causes, in every error of this crate: **a message names its cause, and `source()` does not
+//! return it again.** An error that wraps another says the other's message in its own (`config X: key
+//! primary: Sm2PrivateKeyFile: …: cannot read: No such file or directory (os error 2)`), so a log line's
+//! `%e` is complete on its own, and the command line, which prints an error with its whole `source()`
+//! chain (`{e:#}`, the chain anyhow context adds), says each cause exactly once. A foreign error whose
+//! message is terse (a transport error) is wrapped with [`chain`], its own chain spelled out.
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,7 +64,9 @@ pub struct Detail {
 }
 
 impl Detail {
-    /// Attaches the error this one was caused by (kept for [`std::error::Error::source`]).
+    /// Attaches the error this one was caused by: the message is followed by the cause's (and its
+    /// sources', see [`chain`]) when displayed, and [`ProviderError::cause`] returns it. Give a message
+    /// that does not already spell the cause out.
     pub fn because(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Arc::new(source));
         self
@@ -95,8 +104,26 @@ impl fmt::Debug for Detail {
 
 impl fmt::Display for Detail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        match &self.source {
+            Some(cause) => write!(f, ": {}", chain(cause.as_ref())),
+            None => Ok(()),
+        }
     }
+}
+
+/// An error's message followed by those of its `source()` chain, `: `-joined: for wrapping a foreign
+/// error (whose own message may be as terse as `transport error`) into a message of this crate, which
+/// then returns no `source()` (the rule in the module doc).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 /// Equal when the messages are: the cause is context, not identity.
@@ -137,14 +164,9 @@ impl fmt::Display for ProviderError {
     }
 }
 
-impl std::error::Error for ProviderError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.detail()
-            .source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
+/// The message already names the cause ([`Detail::because`]), so there is no `source()`; the cause itself
+/// is [`ProviderError::cause`].
+impl std::error::Error for ProviderError {}
 
 impl ProviderError {
     /// What the failure means for the caller.
@@ -168,7 +190,7 @@ impl ProviderError {
         }
     }
 
-    /// The underlying cause, if the provider recorded one (also [`std::error::Error::source`]).
+    /// The underlying cause, if the provider recorded one (named in the message too).
     pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.detail().source.as_deref()
     }
@@ -179,7 +201,7 @@ impl ProviderError {
 pub enum Error {
     /// The bytes are not a ciphertext this plugin can read.
     #[error("malformed ciphertext: {0}")]
-    Malformed(#[from] FormatError),
+    Malformed(FormatError),
     /// Well-formed, but sealed under a key-encryption key this plugin was not given.
     #[error(
         "ciphertext was sealed under key {0:?}, which is not in this plugin's keyring (add it to PreviousKeys)"
@@ -225,6 +247,12 @@ pub enum Error {
     Rng(String),
 }
 
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::Malformed(e)
+    }
+}
+
 impl Error {
     /// What the failure means for the caller (DESIGN §6): bad input is never `Internal`.
     pub fn kind(&self) -> ErrorKind {
@@ -249,11 +277,42 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
         let e = ProviderError::Unavailable(Detail::from("KMS unreachable").because(io));
         assert_eq!(e.kind(), ErrorKind::Unavailable);
-        assert_eq!(e.to_string(), "key provider unavailable: KMS unreachable");
-        let cause = std::error::Error::source(&e).expect("source is kept");
-        assert_eq!(cause.to_string(), "connect timed out");
-        assert!(e.cause().is_some());
+        assert_eq!(
+            e.to_string(),
+            "key provider unavailable: KMS unreachable: connect timed out"
+        );
+        assert_eq!(
+            e.cause().expect("cause is kept").to_string(),
+            "connect timed out"
+        );
         assert!(ProviderError::Refused("x".into()).cause().is_none());
+    }
+
+    /// The rule of the module doc: no error says its `source()` again, so a chain printed in full says
+    /// every cause once.
+    #[test]
+    fn no_message_repeats_its_source() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Error::Malformed(FormatError::BadMagic)),
+            Box::new(Error::Provider(ProviderError::Unavailable(
+                Detail::from("x").because(io()),
+            ))),
+            Box::new(ProviderError::Config(Detail::from("y").because(io()))),
+            Box::new(crate::config::ConfigError::Read {
+                path: "/c.json".into(),
+                cause: io(),
+            }),
+        ];
+        for e in errors {
+            assert!(e.source().is_none(), "{e} also returns its source");
+            let text = e.to_string();
+            assert_eq!(
+                text.matches("entity not found").count(),
+                text.contains("entity not found") as usize,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -12,14 +12,14 @@ use crate::provider::{self, KeyProvider, ProviderError};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     /// A key could not be loaded.
-    #[error("config {file}: key {index}: {source}")]
+    #[error("config {file}: key {index}: {cause}")]
     Provider {
         /// The config file.
         file: String,
         /// `primary` or `PreviousKeys[i]`.
         index: String,
-        /// What the provider said.
-        source: ProviderError,
+        /// What the provider said (named in the message, so not a `source()`: crate::error's rule).
+        cause: ProviderError,
     },
     /// Two keys have the same id.
     #[error(
@@ -61,14 +61,14 @@ impl Keyring {
         let file = config.path.display().to_string();
         let mut providers = Vec::new();
         for (i, spec) in config.keys().enumerate() {
-            let p = provider::from_spec(spec).map_err(|source| KeyringError::Provider {
+            let p = provider::from_spec(spec).map_err(|cause| KeyringError::Provider {
                 file: file.clone(),
                 index: if i == 0 {
                     "primary".into()
                 } else {
                     format!("PreviousKeys[{}]", i - 1)
                 },
-                source,
+                cause,
             })?;
             providers.push(match &observer {
                 Some(o) => Metered::around(p, o.clone()),

@@ -8,7 +8,7 @@
 //! The layers, each importing only those below it (DESIGN §1; the graph, checked in CI, is in
 //! `docs/architecture.md`):
 //! - `cli` and `plugin` put the parts together; `server` (the KMS socket) and `http` (health and metrics)
-//!   serve them.
+//!   serve them. Beside `plugin`: `recover` (etcd values opened offline) and `probe` (the `status` client).
 //! - `api`: the two gRPC services; maps requests to envelope calls and error kinds to status codes.
 //! - `health`, `metrics`: the background key round trip, and counters that the plugin hands snapshots to.
 //! - `envelope`: seals and opens payloads; [`ciphertext`] is the byte layout, [`cipher`] the algorithm.
@@ -35,14 +35,16 @@ mod keyfile;
 mod keyring;
 mod metrics;
 mod plugin;
+mod probe;
 pub mod proto;
 pub mod provider;
+mod recover;
 mod secret;
 mod selftest;
 mod server;
 
 pub use api::{ApiSettings, Backend, services};
-pub use cli::{Cli, run};
+pub use cli::{AlreadyReported, Cli, run};
 pub use datakeys::DataKeys;
 pub use envelope::{Envelope, Sealed};
 pub use error::{Detail, Error, ErrorKind, ProviderError};

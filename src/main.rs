@@ -8,7 +8,12 @@ fn main() -> std::process::ExitCode {
     match gm_kms_plugin::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gm-kms-plugin: {e:#}");
+            // One line: the error and its causes, each said once (errors of the library name their cause
+            // and return no `source()`; each anyhow context adds one link). An error the command has
+            // already reported (`check`'s verdict) is not said twice.
+            if e.downcast_ref::<gm_kms_plugin::AlreadyReported>().is_none() {
+                eprintln!("gm-kms-plugin: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

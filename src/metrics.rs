@@ -8,7 +8,10 @@
 //!   [`Snapshot`] that the plugin takes at scrape time and hands to [`render`]; this module never reaches
 //!   into the plugin, and nothing is duplicated in a second set of counters.
 //!
-//! Every name starts with `gm_kms_`; counters end in `_total`, durations are histograms in seconds.
+//! Every name starts with `gm_kms_`; counters end in `_total`, durations are histograms in seconds. Beside
+//! them, the `process_*` metrics that Prometheus client libraries export under these names (resident
+//! memory, open file descriptors, CPU seconds, start time), read from `/proc/self` at scrape time
+//! ([`ProcessStats`]) so dashboards and alerts written for any exporter work as they are.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +129,20 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+/// Why the KMS socket closes a connection without serving it: the `reason` values of
+/// `gm_kms_connections_refused_total`, as the accept loop reports them (`server::Refusal::label`).
+pub(crate) const CONNECTION_REFUSAL_REASONS: [&str; 4] = [
+    "peer_uid",
+    "peer_unknown",
+    "connection_limit",
+    "handshake_timeout",
+];
+
 /// A gRPC code as grpc-go spells it (`OK`, `InvalidArgument`, …): the label value other gRPC exporters
 /// use, so dashboards and alerts carry over.
 pub(crate) fn code_label(code: Code) -> &'static str {
@@ -199,6 +216,7 @@ pub struct Metrics {
     request_duration: HistogramFamily<MethodLabels>,
     provider: ProviderMetrics,
     reloads: Family<ReloadLabels, Counter>,
+    connections_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -245,6 +263,19 @@ impl Metrics {
             "Configuration reloads (SIGHUP), by result; a failed reload leaves the running config in force",
             reloads.clone(),
         );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        // Every reason exists from the start, so an alert on refused peers has a zero to compare with.
+        for reason in CONNECTION_REFUSAL_REASONS {
+            connections_refused
+                .get_or_create(&RefusedLabels { reason })
+                .inc_by(0);
+        }
+        registry.register(
+            "connections_refused",
+            "Connections on the KMS socket closed without being served, by reason: peer_uid (SO_PEERCRED \
+             uid not in AllowedPeerUids), peer_unknown, connection_limit, handshake_timeout",
+            connections_refused.clone(),
+        );
         registry.register(
             "build",
             "Build information",
@@ -256,6 +287,7 @@ impl Metrics {
             request_duration,
             provider,
             reloads,
+            connections_refused,
         }
     }
 
@@ -299,6 +331,14 @@ impl Metrics {
     pub fn record_reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// Counts one connection the KMS socket closed without serving it; `reason` is one of
+    /// [`CONNECTION_REFUSAL_REASONS`].
+    pub fn record_connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 }
 
@@ -363,6 +403,162 @@ pub struct Snapshot {
     pub primary_provider: &'static str,
     /// Key-encryption keys in the keyring.
     pub keys: usize,
+    /// This process, as the OS sees it.
+    pub process: ProcessStats,
+}
+
+/// What `/proc/self` says about this process; a field the OS did not give is `None` and not exported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system CPU time, in seconds (`process_cpu_seconds_total`).
+    pub cpu_seconds: Option<f64>,
+    /// Open file descriptors (`process_open_fds`).
+    pub open_fds: Option<u64>,
+    /// The soft limit on open file descriptors (`process_max_fds`).
+    pub max_fds: Option<u64>,
+    /// Virtual memory size in bytes (`process_virtual_memory_bytes`).
+    pub virtual_memory_bytes: Option<u64>,
+    /// Resident memory in bytes (`process_resident_memory_bytes`).
+    pub resident_memory_bytes: Option<u64>,
+    /// Start time, seconds since the Unix epoch (`process_start_time_seconds`).
+    pub start_time_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self` (Linux). Plain reads of small text files; whatever cannot be read or parsed is
+    /// left out, never guessed.
+    pub fn current() -> Self {
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        let stat = read("/proc/self/stat").and_then(|s| parse_stat(&s));
+        let status = read("/proc/self/status").unwrap_or_default();
+        let ticks = read_clock_ticks().unwrap_or(100) as f64;
+        let boot = read("/proc/stat").and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        Self {
+            cpu_seconds: stat.map(|s| (s.utime + s.stime) as f64 / ticks),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                // The directory handle used to list it is one of the entries; it is not the process's.
+                .map(|d| d.count().saturating_sub(1) as u64),
+            max_fds: read("/proc/self/limits").and_then(|s| parse_max_open_files(&s)),
+            virtual_memory_bytes: status_kib(&status, "VmSize:").map(|k| k * 1024),
+            resident_memory_bytes: status_kib(&status, "VmRSS:").map(|k| k * 1024),
+            start_time_seconds: stat
+                .zip(boot)
+                .map(|(s, b)| b as f64 + s.starttime as f64 / ticks),
+        }
+    }
+}
+
+/// The fields of `/proc/self/stat` used here, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    utime: u64,
+    stime: u64,
+    starttime: u64,
+}
+
+/// Parses `/proc/<pid>/stat`: `pid (comm) state …`, where comm may hold spaces and parentheses, so the
+/// fields are counted from the last `)`. utime, stime and starttime are fields 14, 15 and 22 (proc(5)).
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state).
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(Stat {
+        utime: field(14)?,
+        stime: field(15)?,
+        starttime: field(22)?,
+    })
+}
+
+/// A `Name:  123 kB` line of `/proc/self/status`, in KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+    let mut parts = line.split_whitespace();
+    let n = parts.next()?.parse().ok()?;
+    (parts.next() == Some("kB")).then_some(n)
+}
+
+/// The soft limit of `Max open files` in `/proc/self/limits`.
+fn parse_max_open_files(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Clock ticks per second (`AT_CLKTCK` of `/proc/self/auxv`: native-endian word pairs, type then value),
+/// which the tick counts of `/proc/self/stat` are in.
+fn read_clock_ticks() -> Option<u64> {
+    const AT_CLKTCK: u64 = 17;
+    const WORD: usize = std::mem::size_of::<usize>();
+    let auxv = std::fs::read("/proc/self/auxv").ok()?;
+    let word = |b: &[u8]| -> Option<u64> {
+        let mut w = [0u8; WORD];
+        w.copy_from_slice(b.get(..WORD)?);
+        Some(usize::from_ne_bytes(w) as u64)
+    };
+    auxv.chunks_exact(2 * WORD).find_map(|pair| {
+        let (key, value) = pair.split_at(WORD);
+        (word(key)? == AT_CLKTCK).then(|| word(value)).flatten()
+    })
+}
+
+impl Collector for ProcessStats {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut e;
+        if let Some(v) = self.cpu_seconds {
+            let c = ConstCounter::new(v);
+            c.encode(e.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                self.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                self.max_fds,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                self.virtual_memory_bytes,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                self.resident_memory_bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let g = ConstGauge::new(v.min(i64::MAX as u64) as i64);
+                g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        if let Some(v) = self.start_time_seconds {
+            let g = ConstGauge::new(v);
+            g.encode(e.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -465,7 +661,10 @@ impl Collector for Snapshot {
 }
 
 /// The `/metrics` text: the counters and histograms of `metrics`, then the plugin's state `now`.
-pub(crate) fn render(metrics: &Metrics, now: Snapshot, format: Format) -> String {
+pub(crate) fn render(metrics: &Metrics, mut now: Snapshot, format: Format) -> String {
+    // The process metrics carry no prefix: their names are the ones every exporter uses.
+    let mut process = Registry::default();
+    process.register_collector(Box::new(std::mem::take(&mut now.process)));
     let mut state = Registry::with_prefix(PREFIX);
     state.register_collector(Box::new(now));
     let mut out = String::with_capacity(16 * 1024);
@@ -476,11 +675,14 @@ pub(crate) fn render(metrics: &Metrics, now: Snapshot, format: Format) -> String
             use prometheus_client::encoding::text;
             text::encode_registry(&mut out, metrics.registry())
                 .and_then(|()| text::encode_registry(&mut out, &state))
+                .and_then(|()| text::encode_registry(&mut out, &process))
                 .and_then(|()| text::encode_eof(&mut out))
         }
         Format::Prometheus => {
             use prometheus_client::encoding::prometheus_text::encode;
-            encode(&mut out, metrics.registry()).and_then(|()| encode(&mut out, &state))
+            encode(&mut out, metrics.registry())
+                .and_then(|()| encode(&mut out, &state))
+                .and_then(|()| encode(&mut out, &process))
         }
     };
     out
@@ -489,6 +691,79 @@ pub(crate) fn render(metrics: &Metrics, now: Snapshot, format: Format) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_stats_of_this_process() {
+        let p = ProcessStats::current();
+        assert!(p.cpu_seconds.is_some_and(|s| s >= 0.0), "{p:?}");
+        assert!(p.open_fds.is_some_and(|n| n >= 3), "{p:?}");
+        assert!(
+            p.max_fds.is_some_and(|n| n >= p.open_fds.unwrap_or(0)),
+            "{p:?}"
+        );
+        assert!(
+            p.resident_memory_bytes.is_some_and(|b| b > 1 << 20),
+            "{p:?}"
+        );
+        assert!(p.virtual_memory_bytes >= p.resident_memory_bytes, "{p:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = p.start_time_seconds.expect("start time");
+        assert!(
+            start <= now + 1.0 && start > now - 24.0 * 3600.0,
+            "{start} vs {now}"
+        );
+        let text = render(
+            &Metrics::new(),
+            Snapshot {
+                process: p,
+                ..Snapshot::default()
+            },
+            Format::Prometheus,
+        );
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n# TYPE {name} ")) || text.contains(&format!("\n{name} ")),
+                "{name} missing from:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn proc_files_are_parsed_however_the_command_name_looks() {
+        let stat = "4242 (gm (kms) plugin) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 \
+                    9 0 123456 1000000 500 18446744073709551615";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                utime: 250,
+                stime: 50,
+                starttime: 123456
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+        let status = "Name:\tgm-kms-plugin\nVmSize:\t  123456 kB\nVmRSS:\t   2048 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(2048));
+        assert_eq!(status_kib(status, "VmSize:"), Some(123456));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_max_open_files(limits), Some(1024));
+    }
 
     #[test]
     fn code_labels_match_grpc_go() {

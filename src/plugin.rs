@@ -92,6 +92,16 @@ impl Plugin {
         self.backend.health.clone()
     }
 
+    /// Counts a connection the KMS socket closed without serving it (`reason`: the accept loop's label).
+    pub fn record_connection_refused(&self, reason: &'static str) {
+        self.backend.metrics.record_connection_refused(reason);
+    }
+
+    /// Whether the config in force lets a peer of `uid` use the KMS socket (`AllowedPeerUids`).
+    pub fn allows_peer(&self, uid: u32) -> bool {
+        self.config().allowed_peer_uids.contains(&uid)
+    }
+
     /// The plugin's state now, for `/metrics`.
     pub fn snapshot(&self) -> Snapshot {
         use std::sync::atomic::Ordering::Relaxed;
@@ -114,6 +124,7 @@ impl Plugin {
             primary_key_id: primary.kek_id().to_string(),
             primary_provider: primary.kind(),
             keys: keyring.ids().len(),
+            process: metrics::ProcessStats::current(),
         }
     }
 

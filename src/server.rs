@@ -3,9 +3,13 @@
 //! - A stale socket file is removed only when nothing answers on it; a live one, or a path that is not a
 //!   socket (a regular file, a directory), is an error and is never deleted.
 //! - The parent directory is created; the socket is made `0600` (kube-apiserver runs as root).
-//! - Every accepted connection passes through [`gm_kms_authority::normalize`], so kube-apiserver's
-//!   socket-path `:authority` is accepted (DESIGN §9).
-//! - Abstract sockets (`@name`) have no file and need none of the above.
+//! - Every accepted connection passes the peer check (`SO_PEERCRED` uid in `AllowedPeerUids`) and the
+//!   connection cap before a byte is read ([`accept`]), then through [`gm_kms_authority::normalize`], so
+//!   kube-apiserver's socket-path `:authority` is accepted (DESIGN §9).
+//! - Abstract sockets (`@name`) have no file and need none of the above; a name another process already
+//!   holds stops the start (possible squatting), and the peer check is their only access control.
+//! - Streams, connections, message size, header size and the time to the HTTP/2 preface are bounded
+//!   (the constants below and in [`accept`]; docs/reliability.md, "The local attacker: the KMS socket").
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -14,14 +18,39 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api::Backend;
 use crate::config::SocketSpec;
 
+mod accept;
+
+pub(crate) use accept::PeerPolicy;
+
 /// How long shutdown waits for in-flight calls before giving up on them.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest gRPC message received or sent, protobuf bytes. What kube-apiserver sends is small: a KMS v2
+/// Decrypt carries a ciphertext of at most 1 KiB plus at most 32 KiB of annotations (Kubernetes' own cap),
+/// a v1 Encrypt a 32-byte data key, a v1 Decrypt one of our ciphertexts (~250 bytes for a DEK). 64 KiB
+/// fits all of them with room to spare; tonic's default, 4 MiB, let one stalled stream hold 4 MiB.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams (calls in flight) per connection (SETTINGS_MAX_CONCURRENT_STREAMS); grpc-go queues
+/// calls beyond it instead of failing them.
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE), as the `:authority` adapter caps a
+/// header block; a KMS request's headers take a few hundred bytes.
+pub(crate) const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// HTTP/2 flow-control windows: one whole message fits a stream's window; the connection's bounds the
+/// request bytes buffered for one connection that tonic has not read yet.
+const STREAM_WINDOW: u32 = 128 * 1024;
+const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// HTTP/2 PING every interval on a quiet connection; a peer that does not answer within the timeout is
+/// gone (a frozen or vanished client's connection is closed rather than held forever).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole-request limit, body included: a stream whose request body never completes is ended. Above the
+/// API layer's own 30 s cap on the work, so that a slow provider still answers `DeadlineExceeded` there.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServerError {
@@ -31,14 +60,29 @@ pub(crate) enum ServerError {
     NotASocket { path: PathBuf },
     #[error("socket {path}: another process is serving on it; stop it first")]
     InUse { path: PathBuf },
-    #[error("socket {path}: {what}: {source}")]
+    #[error(
+        "socket @{name}: the abstract name is already bound by another process (possible squatting: \
+         whoever holds it would receive kube-apiserver's calls, plaintext data keys included); refusing to \
+         start. Find the holder with `ss -xlp | grep -F '@{name}'`, or use a socket path \
+         (docs/operations.md)"
+    )]
+    AbstractTaken { name: String },
+    // Causes are named in the message, not returned by `source()` (the rule of crate::error).
+    #[error("socket {path}: {what}: {cause}")]
     Io {
         path: String,
         what: &'static str,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Transport(String),
+}
+
+impl From<tonic::transport::Error> for ServerError {
+    fn from(e: tonic::transport::Error) -> Self {
+        // tonic's own message is `transport error`; the chain says what failed.
+        ServerError::Transport(crate::error::chain(&e))
+    }
 }
 
 /// A bound socket, ready to serve. Removes its file when dropped.
@@ -60,7 +104,7 @@ impl Drop for SocketFileGuard {
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> ServerError + use<> {
     let path = path.display().to_string();
-    move |source| ServerError::Io { path, what, source }
+    move |cause| ServerError::Io { path, what, cause }
 }
 
 /// Removes a leftover socket file of a previous run, if (and only if) nobody listens on it.
@@ -105,8 +149,13 @@ pub(crate) fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
             let shown = format!("@{name}");
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
                 .map_err(io_err(Path::new(&shown), "invalid abstract name"))?;
-            let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)
-                .map_err(io_err(Path::new(&shown), "cannot bind"))?;
+            let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    ServerError::AbstractTaken { name: name.clone() }
+                } else {
+                    io_err(Path::new(&shown), "cannot bind")(e)
+                }
+            })?;
             std_listener
                 .set_nonblocking(true)
                 .map_err(io_err(Path::new(&shown), "cannot set non-blocking"))?;
@@ -121,19 +170,32 @@ pub(crate) fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
 }
 
 /// Serves v1beta1 and v2 on the socket until `shutdown` resolves, then drains in-flight calls (bounded by
-/// [`DRAIN_TIMEOUT`]) and removes the socket file.
+/// [`DRAIN_TIMEOUT`]) and removes the socket file. Only peers that `peers` allows are served.
 pub(crate) async fn serve(
     backend: Backend,
     socket: BoundSocket,
+    peers: PeerPolicy,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (v1, v2) = crate::api::services(backend);
+    let v1 = v1
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let v2 = v2
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let BoundSocket { listener, guard } = socket;
     let spec = guard.0.clone();
-    let incoming =
-        UnixListenerStream::new(listener).map(|conn| conn.map(gm_kms_authority::normalize));
+    let incoming = accept::Acceptor::new(listener, peers, spec.to_string());
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .timeout(REQUEST_TIMEOUT)
         .add_service(v1)
         .add_service(v2)
         .serve_with_incoming_shutdown(incoming, async {
@@ -195,10 +257,13 @@ mod tests {
         let name = format!("gm-kms-test-{}", std::process::id());
         let b = bind(&SocketSpec::Abstract(name.clone())).unwrap();
         assert!(!Path::new(&format!("@{name}")).exists());
+        let taken = bind(&SocketSpec::Abstract(name.clone())).err();
         assert!(
-            bind(&SocketSpec::Abstract(name)).is_err(),
-            "second bind of a live name fails"
+            matches!(&taken, Some(ServerError::AbstractTaken { name: n }) if *n == name),
+            "second bind of a live name fails: {taken:?}"
         );
+        let message = taken.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("possible squatting"), "{message}");
         drop(b);
     }
 }

@@ -104,8 +104,24 @@ pub fn sm2_config(dir: &Path, name: &str, max_uses: u64) -> (PathBuf, PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
     let config = dir.join(format!("{name}.json"));
     let c = json!({"Sm2PrivateKeyFile": key, "GRPCSocketPath": socket, "HealthAddr": "", "DataKeyMaxUses": max_uses});
-    std::fs::write(&config, c.to_string()).expect("config");
+    write_private(&config, c.to_string());
     (config, socket)
+}
+
+/// Where the benchmarks write their JSON reports: `<target dir>/bench` (cargo's `CARGO_TARGET_TMPDIR` is
+/// `<target dir>/tmp`), so under `CARGO_TARGET_DIR` when it is set, and never into the source tree.
+pub fn report_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("bench")
+}
+
+/// Writes a file with mode 0600: a config file that holds an inline `SecretKey` must be owner-only.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 pub use gm_kms_testkit::client::uds_channel as channel;

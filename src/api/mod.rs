@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::metrics::{Api, Metrics};
 
+pub(crate) mod failures;
 pub(crate) mod status;
 pub(crate) mod v1;
 pub(crate) mod v2;
@@ -35,6 +36,8 @@ pub struct Backend {
     /// Where every request is counted.
     pub metrics: Arc<Metrics>,
     settings: Arc<RwLock<ApiSettings>>,
+    /// Failed Decrypts, logged at INFO, rate-limited.
+    decrypt_failures: Arc<failures::DecryptFailures>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -58,6 +61,7 @@ impl Backend {
             health,
             metrics,
             settings: Arc::new(RwLock::new(settings)),
+            decrypt_failures: Arc::default(),
         }
     }
 
@@ -163,21 +167,29 @@ async fn seal(
     .await
 }
 
-/// Opens within the caller's deadline.
+/// Opens within the caller's deadline. A failure is logged (rate-limited, [`failures`]).
 async fn open(
     backend: &Backend,
     metadata: &tonic::metadata::MetadataMap,
     ciphertext: &[u8],
+    api: &'static str,
 ) -> Result<Vec<u8>, Status> {
-    within_deadline(metadata, async {
-        let plain = backend
-            .envelope
-            .open(ciphertext)
-            .await
-            .map_err(|e| status::to_status(&e))?;
+    let r = within_deadline(metadata, async {
+        let plain = backend.envelope.open(ciphertext).await.map_err(|e| {
+            backend.decrypt_failures.record(api, failures::kind(&e), &e);
+            status::to_status(&e)
+        })?;
         Ok(plain.to_vec())
     })
-    .await
+    .await;
+    if let Err(s) = &r
+        && s.code() == tonic::Code::DeadlineExceeded
+    {
+        backend
+            .decrypt_failures
+            .record(api, "deadline_exceeded", &s.message());
+    }
+    r
 }
 
 /// Runs `work` within the caller's deadline: past it the call answers `DeadlineExceeded` promptly instead

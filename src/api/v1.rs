@@ -82,7 +82,13 @@ impl KeyManagementService for V1 {
     ) -> Result<Response<DecryptResponse>, Status> {
         observed(&self.backend, Api::V1, "Decrypt", async {
             check_version(&request.get_ref().version)?;
-            let plain = open(&self.backend, request.metadata(), &request.get_ref().cipher).await?;
+            let plain = open(
+                &self.backend,
+                request.metadata(),
+                &request.get_ref().cipher,
+                "v1",
+            )
+            .await?;
             Ok(Response::new(DecryptResponse { plain }))
         })
         .await

@@ -78,6 +78,7 @@ impl KeyManagementService for V2 {
                 &self.backend,
                 request.metadata(),
                 &request.get_ref().ciphertext,
+                "v2",
             )
             .await?;
             Ok(Response::new(DecryptResponse { plaintext }))

@@ -64,27 +64,38 @@ impl DataKeys {
             {
                 return Ok(c.clone());
             }
-            match self.rotation.try_lock() {
-                Ok(_guard) => {
-                    let now = lock(&self.current).clone();
-                    let same = match (&now, &seen) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if !same {
-                        continue; // another caller rotated while we looked
-                    }
-                    return self.rotate(&state, seen).await;
-                }
+            let _rotating = match self.rotation.try_lock() {
+                Ok(guard) => guard,
                 Err(_) => {
-                    // A rotation is under way: keep sealing with the old key while it may serve.
-                    if let Some(c) = seen.filter(|c| self.may_fall_back(c, &state)) {
+                    // A rotation is under way. The old key may go on sealing within its own use cap
+                    // (it retired by age or a new primary: a few more messages while the new key is
+                    // wrapped break no limit), and past that cap only while wrapping is failing, when
+                    // DESIGN §3's fallback applies.
+                    if let Some(c) = seen.clone().filter(|c| {
+                        self.still_in_ring(c, &state)
+                            && (c.claim(state.policy.max_uses)
+                                || (self.wrapping_fails() && c.claim(HARD_MAX_USES)))
+                    }) {
                         return Ok(c);
                     }
-                    drop(self.rotation.lock().await);
+                    // Otherwise wait for that rotation, bounded by its one provider call:
+                    // `DataKeyMaxUses` is exact. The lock is then ours, and kept: released and
+                    // tried again, it would pass from waiter to waiter (the lock is fair) while no
+                    // `try_lock` ever won and nobody rotated.
+                    self.rotation.lock().await
                 }
+            };
+            let now = lock(&self.current).clone();
+            let same = match (&now, &seen) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                continue; // another caller rotated while we looked or waited
             }
+            // Nobody replaced the key we saw: this caller rotates (or, after a recent failure, falls back).
+            return self.rotate(&self.state(), seen).await;
         }
     }
 
@@ -95,7 +106,18 @@ impl DataKeys {
     /// Whether an old data key may keep sealing: its KEK is still in the ring (so what it seals stays
     /// readable) and the hard use limit is not reached. Claims a use when it may.
     fn may_fall_back(&self, c: &CurrentKey, state: &KeyState) -> bool {
-        state.keyring.get(&c.kek_id).is_some() && c.claim(HARD_MAX_USES)
+        self.still_in_ring(c, state) && c.claim(HARD_MAX_USES)
+    }
+
+    /// Its KEK is still in the ring: what it seals stays readable.
+    fn still_in_ring(&self, c: &CurrentKey, state: &KeyState) -> bool {
+        state.keyring.get(&c.kek_id).is_some()
+    }
+
+    /// The last attempt to wrap a new data key failed and none has worked since (a reload clears this,
+    /// so the next caller tries at once).
+    fn wrapping_fails(&self) -> bool {
+        lock(&self.last_wrap_failure).is_some()
     }
 
     async fn rotate(

@@ -12,9 +12,9 @@ use super::lock;
 use crate::provider::{KeyProvider, ProviderError};
 use crate::secret::DataKey;
 
-/// A provider that counts calls, can be switched off, and can be made to answer with a wrong key. With
-/// `legacy` on it reads the legacy ciphertexts listed in `legacy_blobs` (anything else it rejects as
-/// a remote KMS would).
+/// A provider that counts calls, can be slowed down or switched off, and can be made to answer with a wrong
+/// key. With `legacy` on it reads the legacy ciphertexts listed in `legacy_blobs` (anything else it rejects
+/// as a remote KMS would).
 #[derive(Debug, Default)]
 pub(crate) struct Counting {
     pub id: String,
@@ -23,6 +23,8 @@ pub(crate) struct Counting {
     pub down: AtomicBool,
     pub lie: AtomicBool,
     pub delay_ms: AtomicU64,
+    /// How long a wrap takes (a remote KMS round trip), in milliseconds.
+    pub wrap_delay_ms: AtomicU64,
     pub legacy: bool,
     pub legacy_blobs: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     pub legacy_calls: AtomicUsize,
@@ -68,6 +70,10 @@ impl KeyProvider for Counting {
     }
     async fn wrap(&self, dk: &DataKey) -> Result<Vec<u8>, ProviderError> {
         self.wraps.fetch_add(1, Ordering::SeqCst);
+        let ms = self.wrap_delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(ProviderError::Unavailable("down".into()));
         }

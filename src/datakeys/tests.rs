@@ -72,6 +72,127 @@ async fn outage_keeps_sealing_on_the_old_key_and_backs_off() {
     assert_eq!(first.uses(), 51);
 }
 
+/// Seals `per_caller` messages from each of `callers` concurrent tasks; how many each data key (by its
+/// wrapped bytes) sealed.
+async fn seal_concurrently(
+    dks: &Arc<DataKeys>,
+    callers: usize,
+    per_caller: usize,
+) -> std::collections::HashMap<Vec<u8>, u64> {
+    let start = Arc::new(tokio::sync::Barrier::new(callers));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (d, start) = (dks.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut uses = std::collections::HashMap::<Vec<u8>, u64>::new();
+            for _ in 0..per_caller {
+                let k = d.current().await.unwrap();
+                *uses.entry(k.wrapped().to_vec()).or_default() += 1;
+                tokio::task::yield_now().await;
+            }
+            uses
+        }));
+    }
+    let mut all = std::collections::HashMap::new();
+    for t in tasks {
+        for (k, n) in t.await.unwrap() {
+            *all.entry(k).or_default() += n;
+        }
+    }
+    all
+}
+
+/// Issue 13 item 7: while one caller wraps a new data key the others used to keep sealing with the old
+/// one past `DataKeyMaxUses` (cap 1,000, 32 threads: 1,027 uses). The cap is exact now: 64 callers, a
+/// 20 ms wrap, 16,000 messages make exactly 16 keys of 1,000 uses each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_uses_is_exact_while_a_slow_rotation_runs() {
+    const CAP: u64 = 1_000;
+    const CALLERS: usize = 64;
+    const PER_CALLER: usize = 250;
+    let (p, dks) = setup(DataKeyPolicy {
+        max_uses: CAP,
+        ..Default::default()
+    });
+    p.wrap_delay_ms.store(20, Ordering::SeqCst);
+    let dks = Arc::new(dks);
+    let uses = seal_concurrently(&dks, CALLERS, PER_CALLER).await;
+    let total: u64 = uses.values().sum();
+    let most = uses.values().copied().max().unwrap();
+    eprintln!(
+        "{CALLERS} callers, {total} messages, DataKeyMaxUses {CAP}: {} data keys, most uses of one {most}",
+        uses.len()
+    );
+    assert_eq!(total, (CALLERS * PER_CALLER) as u64);
+    assert!(
+        most <= CAP,
+        "a data key sealed {most} messages with DataKeyMaxUses {CAP}"
+    );
+    assert_eq!(uses.len() as u64, total.div_ceil(CAP), "{:?}", {
+        let mut v: Vec<u64> = uses.values().copied().collect();
+        v.sort_unstable();
+        v
+    });
+    assert_eq!(p.wraps.load(Ordering::SeqCst), uses.len());
+    assert!(!dks.degraded());
+}
+
+/// The wait above is not for an outage: while wrapping fails, DESIGN §3's fallback keeps every caller
+/// sealing on the old key past its cap (up to the hard limit), degraded, and nobody gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_fall_back_past_the_cap_while_wrapping_fails() {
+    let (p, dks) = setup(DataKeyPolicy {
+        max_uses: 100,
+        ..Default::default()
+    });
+    let dks = Arc::new(dks);
+    let first = dks.current().await.unwrap();
+    p.down.store(true, Ordering::SeqCst);
+    p.wrap_delay_ms.store(20, Ordering::SeqCst);
+    let uses = seal_concurrently(&dks, 64, 50).await;
+    assert_eq!(uses.len(), 1);
+    assert_eq!(uses.get(first.wrapped()), Some(&3200));
+    assert_eq!(first.uses(), 3201);
+    assert!(dks.degraded());
+    // One failed attempt; the back-off holds off the others.
+    assert_eq!(p.wraps.load(Ordering::SeqCst), 2);
+}
+
+/// A key retired by age (not by its use cap) keeps sealing while its replacement is wrapped: callers do
+/// not wait for a slow remote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_past_its_age_serves_while_the_rotation_runs() {
+    let (p, dks) = setup(DataKeyPolicy {
+        max_age: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dks = Arc::new(dks);
+    let first = dks.current().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    p.wrap_delay_ms.store(1_000, Ordering::SeqCst);
+    let rotating = {
+        let d = dks.clone();
+        tokio::spawn(async move { d.current().await.unwrap() })
+    };
+    while p.wraps.load(Ordering::SeqCst) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..100 {
+        let k = dks.current().await.unwrap();
+        assert!(Arc::ptr_eq(&k, &first));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let second = rotating.await.unwrap();
+    assert!(!Arc::ptr_eq(&second, &first));
+    assert_eq!(first.uses(), 101);
+}
+
 #[tokio::test]
 async fn outage_with_no_key_yet_is_unavailable() {
     let (p, dks) = setup(DataKeyPolicy::default());

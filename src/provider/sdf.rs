@@ -119,9 +119,8 @@ impl SdfProvider {
         let (profile, index) = (spec.profile, spec.key_index);
         let (device, session, info, public_key) = off_runtime(move || {
             let err = |e: SdfError| map_error(Op::Load, index, e);
-            let lib = Library::load(&library, profile).map_err(|e| {
-                ProviderError::Config(Detail::from(format!("SdfLibrary: {e}")).because(e))
-            })?;
+            let lib = Library::load(&library, profile)
+                .map_err(|e| ProviderError::Config(Detail::from("SdfLibrary").because(e)))?;
             let device = Device::open(lib).map_err(err)?;
             let mut session = device.open_session().map_err(err)?;
             let info = session.device_info().map_err(err)?;
@@ -239,7 +238,8 @@ fn map_error(op: Op, key_index: u32, e: SdfError) -> ProviderError {
         Op::Unwrap => "unwrapping a data key in the device",
         Op::Describe => "reading the device info",
     };
-    let detail = |hint: &str| Detail::from(format!("{what}: {e}{hint}")).because(e.clone());
+    // The device's error follows the hint (Detail::because names it after the message).
+    let detail = |hint: &str| Detail::from(format!("{what}{hint}")).because(e.clone());
     match e.kind() {
         SdfKind::Communication => ProviderError::Unavailable(detail("")),
         SdfKind::PermissionDenied => ProviderError::PermissionDenied(detail(&format!(
@@ -371,9 +371,8 @@ impl Pool {
                 );
                 tracing::error!(key_index = self.key_index, error = %e, "{why}");
                 let why = self.refused.get_or_init(|| why).clone();
-                Err(ProviderError::PermissionDenied(
-                    Detail::from(why).because(e),
-                ))
+                // `why` names the device's error already.
+                Err(ProviderError::PermissionDenied(Detail::from(why)))
             }
             Err(e) => Err(map_error(Op::Unwrap, self.key_index, e)),
         }

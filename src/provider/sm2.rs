@@ -64,21 +64,129 @@ impl Sm2Provider {
     }
 }
 
-/// Accepts what OpenSSL writes: PKCS#8 (`openssl genpkey -algorithm SM2`) or SEC1
-/// (`openssl ecparam -genkey -name SM2`).
+/// Key ids of the public development keys of `keys/` (`dev-sm2-key.pem`, `dev-sm2-key-previous.pem`):
+/// anything they seal anyone can open, so the plugin warns when it serves with one and `check` says so.
+pub const DEVELOPMENT_KEY_IDS: [&str; 2] = ["sm2-fa4d77b77e3ff144", "sm2-bfed59c3470d40da"];
+
+/// Whether `kek_id` is one of [`DEVELOPMENT_KEY_IDS`].
+pub fn is_development_key(kek_id: &str) -> bool {
+    DEVELOPMENT_KEY_IDS.contains(&kek_id)
+}
+
+/// The SM2 curve's OID, 1.2.156.10197.1.301: the `parameters` of an SM2 key's algorithm., 1.2.156.10197.1.301: the `parameters` of an SM2 key's algorithm.
+const SM2_CURVE_OID: &str = "1.2.156.10197.1.301";
+/// `id-ecPublicKey`, the algorithm OpenSSL 3 writes for an SM2 key (with the SM2 curve as parameter).
+const EC_PUBLIC_KEY_OID: &str = "1.2.840.10045.2.1";
+
+/// Accepts what OpenSSL writes for an SM2 key: PKCS#8 `PRIVATE KEY` (`openssl genpkey -algorithm SM2`),
+/// SEC1 `EC PRIVATE KEY`, and either after an `SM2 PARAMETERS` or `EC PARAMETERS` block (what
+/// `openssl ecparam -genkey -name SM2` writes). Exactly one private key; the error names what the file
+/// holds instead.
 pub fn parse_private_key_pem(pem: &str) -> Result<SecretKey, String> {
+    const ENCRYPTED: &str =
+        "an encrypted (password-protected) key; store it unencrypted with mode 0600";
     if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        return Err(
-            "an encrypted (password-protected) key; store it unencrypted with mode 0600".into(),
-        );
+        return Err(ENCRYPTED.into());
     }
-    if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
-        return SecretKey::from_sec1_pem(pem)
-            .map_err(|_| "not an SM2 SEC1 private key".to_string());
+    let blocks = pem_blocks(pem)?;
+    let mut keys = Vec::new();
+    for (label, text) in &blocks {
+        match *label {
+            // The curve's parameters, written before the key; the key names its curve itself.
+            "SM2 PARAMETERS" | "EC PARAMETERS" => {}
+            "PRIVATE KEY" | "EC PRIVATE KEY" | "SM2 PRIVATE KEY" => keys.push((*label, *text)),
+            _ => {}
+        }
     }
-    SecretKey::from_pkcs8_pem(pem).map_err(|_| {
-        "not a PKCS#8 PEM SM2 private key (openssl genpkey -algorithm SM2 writes one)".into()
-    })
+    let found = || {
+        let labels: Vec<&str> = blocks.iter().map(|(l, _)| *l).collect();
+        if labels.is_empty() {
+            "no PEM block".to_string()
+        } else {
+            format!("only {}", labels.join(", "))
+        }
+    };
+    match keys.as_slice() {
+        [] => Err(format!(
+            "no private key in the file ({}); an SM2 private key is a PEM `PRIVATE KEY` block, as \
+             `openssl genpkey -algorithm SM2` or `gm-kms-plugin keygen` write",
+            found()
+        )),
+        [("PRIVATE KEY", text)] => {
+            SecretKey::from_pkcs8_pem(text).map_err(|e| pkcs8_mismatch(text, e))
+        }
+        // SEC1 `ECPrivateKey`: OpenSSL 3 labels it `SM2 PRIVATE KEY` (`openssl ec`), others `EC PRIVATE KEY`.
+        [(label, text)] => sm2::pkcs8::SecretDocument::from_pem(text)
+            .ok()
+            .and_then(|(_, der)| SecretKey::from_sec1_der(der.as_bytes()).ok())
+            .ok_or_else(|| {
+                format!("the {label} block is not an SEC1 private key on the SM2 curve")
+            }),
+        _ => Err(format!(
+            "{} private keys in one file; put one key in each file",
+            keys.len()
+        )),
+    }
+}
+
+/// The PEM blocks of a text, in order: each block's label and its text from `-----BEGIN` to the end of
+/// its `-----END` line. Text between blocks (comments, blank lines) is ignored, as OpenSSL does.
+fn pem_blocks(pem: &str) -> Result<Vec<(&str, &str)>, String> {
+    const BEGIN: &str = "-----BEGIN ";
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    let mut offset = 0;
+    while let Some(at) = rest.find(BEGIN) {
+        let start = offset + at;
+        let after = &pem[start + BEGIN.len()..];
+        let label = after
+            .find("-----")
+            .and_then(|n| after.get(..n))
+            .filter(|l| !l.contains('\n'))
+            .ok_or_else(|| "a malformed PEM BEGIN line".to_string())?;
+        let end_line = format!("-----END {label}-----");
+        let end = pem[start..]
+            .find(&end_line)
+            .map(|n| start + n + end_line.len())
+            .ok_or_else(|| format!("the {label} block has no END line"))?;
+        blocks.push((label, &pem[start..end]));
+        offset = end;
+        rest = &pem[end..];
+    }
+    Ok(blocks)
+}
+
+/// Why a PKCS#8 `PRIVATE KEY` block is not an SM2 key, naming the algorithm or curve it holds.
+fn pkcs8_mismatch(text: &str, e: sm2::pkcs8::Error) -> String {
+    use sm2::pkcs8::{PrivateKeyInfoRef, SecretDocument};
+    let oids = SecretDocument::from_pem(text).ok().and_then(|(_, doc)| {
+        PrivateKeyInfoRef::try_from(doc.as_bytes())
+            .ok()
+            .and_then(|info| info.algorithm.oids().ok())
+            .map(|(alg, param)| (alg.to_string(), param.map(|p| p.to_string())))
+    });
+    match oids {
+        Some((alg, Some(curve))) if alg == EC_PUBLIC_KEY_OID && curve != SM2_CURVE_OID => {
+            format!(
+                "an EC key on curve {curve}{}, not SM2 ({SM2_CURVE_OID})",
+                match curve.as_str() {
+                    "1.2.840.10045.3.1.7" => " (P-256)",
+                    "1.3.132.0.34" => " (P-384)",
+                    "1.3.132.0.35" => " (P-521)",
+                    _ => "",
+                }
+            )
+        }
+        Some((alg, _)) if alg != EC_PUBLIC_KEY_OID && alg != SM2_CURVE_OID => format!(
+            "a PKCS#8 key of algorithm {alg}{}, not SM2",
+            if alg == "1.2.840.113549.1.1.1" {
+                " (RSA)"
+            } else {
+                ""
+            }
+        ),
+        _ => format!("the PRIVATE KEY block is not a PKCS#8 SM2 private key ({e})"),
+    }
 }
 
 /// The public key as `openssl pkey -pubout -outform DER` writes it: SubjectPublicKeyInfo with
@@ -326,12 +434,49 @@ mod tests {
     }
 
     #[test]
+    fn development_key_ids_are_those_of_the_keys_in_keys_dir() {
+        for (pem, id) in [
+            (
+                include_str!("../../keys/dev-sm2-key.pem"),
+                DEVELOPMENT_KEY_IDS[0],
+            ),
+            (
+                include_str!("../../keys/dev-sm2-key-previous.pem"),
+                DEVELOPMENT_KEY_IDS[1],
+            ),
+        ] {
+            let p =
+                Sm2Provider::from_secret_key(parse_private_key_pem(pem).unwrap(), None).unwrap();
+            assert_eq!(p.kek_id(), id);
+            assert!(is_development_key(id));
+        }
+        assert!(!is_development_key(provider().kek_id()));
+    }
+
+    #[test]
     fn garbage_pem_is_a_clear_error() {
         assert!(
             parse_private_key_pem("hello")
                 .unwrap_err()
-                .contains("PKCS#8")
+                .contains("no private key in the file (no PEM block)")
         );
+        assert!(
+            parse_private_key_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .unwrap_err()
+                .contains("not a PKCS#8 SM2 private key")
+        );
+        let params =
+            "-----BEGIN SM2 PARAMETERS-----\nBggqgRzPVQGCLQ==\n-----END SM2 PARAMETERS-----\n";
+        let e = parse_private_key_pem(params).unwrap_err();
+        assert!(e.contains("only SM2 PARAMETERS"), "{e}");
+        let (_, public, _) = generate_pem().unwrap();
+        let e = parse_private_key_pem(&public).unwrap_err();
+        assert!(e.contains("only PUBLIC KEY"), "{e}");
+        let (key, _, _) = generate_pem().unwrap();
+        let e = parse_private_key_pem(&format!("{}{}", *key, *key)).unwrap_err();
+        assert!(e.contains("2 private keys"), "{e}");
+        let e = parse_private_key_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err();
+        assert!(e.contains("no END line"), "{e}");
         assert!(
             parse_private_key_pem("-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
                 .unwrap_err()

@@ -26,6 +26,7 @@ const FILES: &[&str] = &[
     "encryption-config-v2.yaml",
     "gm-kms-plugin.service",
     "kube-apiserver-patch.yaml",
+    "monitoring",
     "static-pod.yaml",
 ];
 
@@ -132,16 +133,37 @@ fn socket_path(c: &Config) -> PathBuf {
     }
 }
 
-/// The parsed configs of deploy/, as the plugin reads them (paths need not exist to parse).
+/// The parsed configs of deploy/, as the plugin reads them (paths need not exist to parse), with each
+/// `REPLACE-WITH-…` placeholder filled in as the operator does (the plugin refuses a placeholder).
 fn configs() -> Vec<(&'static str, Config)> {
     CONFIGS
         .iter()
         .map(|name| {
-            let c = Config::parse(&read(name), Path::new(CONFIG_PATH))
+            let text = read(name).replace(gm_kms_plugin::config::PLACEHOLDER_PREFIX, "filled-in-");
+            let c = Config::parse(&text, Path::new(CONFIG_PATH))
                 .unwrap_or_else(|e| panic!("deploy/{name}: {e}"));
             (*name, c)
         })
         .collect()
+}
+
+#[test]
+fn placeholders_of_the_examples_are_refused_by_name() {
+    for name in CONFIGS {
+        let text = read(name);
+        match Config::parse(&text, Path::new(CONFIG_PATH)) {
+            Ok(_) => assert!(!text.contains("REPLACE-WITH-"), "deploy/{name}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    text.contains("REPLACE-WITH-")
+                        && e.contains("placeholder")
+                        && e.contains("field "),
+                    "deploy/{name}: {e}"
+                );
+            }
+        }
+    }
 }
 
 /// The one socket path every config names.
@@ -202,6 +224,19 @@ fn deploy_holds_exactly_the_documented_files_and_each_parses() {
             assert!(json(f).is_object(), "deploy/{f}: an object");
         } else if f.ends_with(".service") {
             assert!(unit(f).contains_key("Service"));
+        } else if *f == "monitoring" {
+            // Alerting rules and dashboard: tests/it/monitoring.rs loads and checks them.
+            let found: BTreeSet<String> = std::fs::read_dir(deploy(f))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert_eq!(
+                found,
+                BTreeSet::from([
+                    "gm-kms-plugin-alerts.yaml".to_string(),
+                    "gm-kms-plugin-dashboard.json".to_string()
+                ])
+            );
         } else {
             assert_eq!(*f, "Dockerfile");
         }
@@ -595,7 +630,7 @@ async fn jdcloud_config_example_passes_check_against_the_fake() {
     config["KmsSchema"] = Value::from("http");
     config["GRPCSocketPath"] = Value::from(dir.path().join("kms.sock").to_str().unwrap());
     let path = dir.path().join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
+    crate::support::plugin::write_private(&path, config.to_string());
     let out = tokio::task::block_in_place(|| check(&path));
     assert!(
         out.contains(&format!("key jdcloud-{} (primary, jdcloud)", fake.key_id())),
@@ -625,4 +660,148 @@ fn sdf_config_example_passes_check_against_the_soft_device() {
     assert!(ok, "{out}");
     assert!(out.contains("(primary, sdf)"), "{out}");
     assert!(out.contains("seal/open round trip: ok"), "{out}");
+}
+
+/// Every absolute node path that README.md, keys/README.md or docs/ tells the operator to use is where
+/// deploy/ makes it reachable: the plugin's files under the directory the static pod mounts (and the systemd
+/// unit may read), the socket in the shared socket directory, kube-apiserver's files under what its patch
+/// mounts, or one of a few node paths named below with what uses them. A key put anywhere else would not be
+/// there for the plugin. And `keygen` runs once, on a trusted machine (operations.md, section 1), so no doc
+/// runs it with a master's path.
+#[test]
+fn every_node_path_in_the_docs_is_where_deploy_makes_it_reachable() {
+    let pod = yaml("static-pod.yaml");
+    let c = &pod["spec"]["containers"][0];
+    let config_dir = Path::new(CONFIG_PATH).parent().unwrap().to_str().unwrap();
+    let (config_host, _) = host_path_mounted_at(&pod, c, config_dir);
+    let socket = the_socket();
+    let socket_dir = socket.parent().unwrap().to_str().unwrap();
+    let (socket_host, _) = host_path_mounted_at(&pod, c, socket_dir);
+    let api = yaml("kube-apiserver-patch.yaml");
+    let apiserver = api["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kube-apiserver")
+        .unwrap();
+    let flag = apiserver["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--encryption-provider-config="))
+        .unwrap();
+    let enc_dir = Path::new(flag).parent().unwrap().to_str().unwrap();
+    let (enc_host, _) = host_path_mounted_at(&api, apiserver, enc_dir);
+    // The SDF library's mount is in the static pod, commented out until a cipher machine is used.
+    assert!(
+        read("static-pod.yaml").contains("#   mountPath: /opt/sdf"),
+        "the static pod's sdf mount"
+    );
+    let u = unit("gm-kms-plugin.service");
+    assert!(
+        u["Service"]["ReadOnlyPaths"]
+            .iter()
+            .any(|v| v.split_whitespace().any(|p| p == config_host)),
+        "the systemd unit may read {config_host}"
+    );
+    let exec = u["Service"]["ExecStart"][0].clone();
+    let bin_dir = Path::new(exec.split_whitespace().next().unwrap())
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let reachable: Vec<(String, &str)> = vec![
+        (
+            config_host.clone(),
+            "config and keys: the static pod's read-only mount, the unit's ReadOnlyPaths",
+        ),
+        (
+            socket_host.clone(),
+            "the socket directory, shared by the static pod and kube-apiserver",
+        ),
+        (normalize_run(&socket_host), "the same, as systemd names it"),
+        (
+            enc_host.clone(),
+            "the EncryptionConfiguration: kube-apiserver-patch.yaml mounts it",
+        ),
+        (
+            "/opt/sdf".into(),
+            "the vendor SDF library: the static pod's sdf mount",
+        ),
+        (
+            "/var/log/sdf".into(),
+            "the vendor SDF library's own logs (docs/hsm.md, systemd)",
+        ),
+        (
+            "/etc/kubernetes/manifests".into(),
+            "kubelet's static pods (kubeadm)",
+        ),
+        (
+            "/etc/kubernetes/pki".into(),
+            "kubeadm's etcd client certificates, for etcdctl on a master",
+        ),
+        (
+            "/etc/systemd/system".into(),
+            "where the systemd unit is installed",
+        ),
+        (bin_dir, "where the systemd unit runs the binary from"),
+        ("/etc/ssl/certs".into(), "the system's CA store"),
+    ];
+    let mut docs = vec!["README.md".to_string(), "keys/README.md".to_string()];
+    for e in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let n = e.unwrap().file_name().into_string().unwrap();
+        if n.ends_with(".md") {
+            docs.push(format!("docs/{n}"));
+        }
+    }
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "._/-".contains(c);
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("{doc}:{}", n + 1);
+            for (i, _) in line.match_indices('/') {
+                if line[..i].chars().next_back().is_some_and(path_char) {
+                    continue;
+                }
+                let rest = &line[i..];
+                let end = rest.find(|c: char| !path_char(c)).unwrap_or(rest.len());
+                let p = rest[..end].trim_end_matches(['.', '-']);
+                let top = p.split('/').nth(1).unwrap_or_default();
+                if !["etc", "var", "run", "opt", "usr", "srv", "home", "root"].contains(&top)
+                    || p.split('/').count() < 3
+                {
+                    continue;
+                }
+                checked += 1;
+                let ok = reachable
+                    .iter()
+                    .any(|(r, _)| Path::new(p).starts_with(r) || Path::new(r).starts_with(p));
+                if !ok {
+                    bad.push(format!("{at}: {p}"));
+                }
+            }
+            if let Some(i) = line.find("keygen --out ") {
+                let dir = line[i + "keygen --out ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default();
+                if dir.starts_with('/') {
+                    bad.push(format!(
+                        "{at}: keygen --out {dir}: make the key once on a trusted machine (a relative \
+                         directory) and copy it to the masters, as docs/operations.md section 1 does"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} paths found in the docs");
+    assert!(
+        bad.is_empty(),
+        "paths in the docs that deploy/ does not make reachable (reachable: {reachable:#?}):\n{}",
+        bad.join("\n")
+    );
 }

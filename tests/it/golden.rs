@@ -63,7 +63,7 @@ async fn jdcloud_golden_ciphertexts_decrypt() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("jd.sock");
     let config = dir.path().join("config.json");
-    std::fs::write(&config, fake.seed_config_json(socket.to_str().unwrap())).unwrap();
+    crate::support::plugin::write_private(&config, fake.seed_config_json(socket.to_str().unwrap()));
     let _p =
         tokio::task::block_in_place(|| crate::support::plugin::Plugin::start(&config, &socket));
     let mut c = crate::support::plugin::v2(&socket).await;

@@ -240,8 +240,9 @@ async fn bad_input_gets_design_codes_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // A message over the 4 MiB gRPC limit: the gRPC layer refuses it before any handler runs (tonic says
-    // OutOfRange where grpc-go says ResourceExhausted; either way kube-apiserver sees a failed call).
+    // A message over the 64 KiB message cap (src/server.rs): the gRPC layer refuses it before any handler
+    // runs (tonic says OutOfRange where grpc-go says ResourceExhausted; either way kube-apiserver sees a
+    // failed call).
     let e = c
         .encrypt(v2::EncryptRequest {
             plaintext: vec![1; 4 * 1024 * 1024 + 1],

@@ -20,7 +20,7 @@ fn seed_config(fake: &FakeJdCloud, dir: &Path, extra: Value) -> (PathBuf, PathBu
         config[k] = v.clone();
     }
     let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
+    crate::support::plugin::write_private(&path, config.to_string());
     (path, socket)
 }
 

@@ -27,7 +27,7 @@ fn dek(i: usize) -> Vec<u8> {
 fn jd_plugin_config(fake: &FakeJdCloud, dir: &Path) -> (PathBuf, PathBuf) {
     let socket = dir.join("kms-plugin.sock");
     let config = dir.join("config.json");
-    std::fs::write(&config, fake.seed_config_json(socket.to_str().unwrap())).unwrap();
+    plugin::write_private(&config, fake.seed_config_json(socket.to_str().unwrap()));
     (config, socket)
 }
 

@@ -22,13 +22,21 @@ mod support {
 }
 
 mod apiserver;
+mod attack_files;
+mod attack_probes;
+mod attack_socket;
 mod cli;
 mod deploy;
+mod doc_commands;
 mod golden;
 mod grpc;
 mod interop;
 mod jdcloud;
+mod jdcloud_net;
 mod legacy;
+mod monitoring;
 mod ops;
 mod process;
+mod recover;
 mod sdf;
+mod status;

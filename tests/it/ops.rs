@@ -1115,6 +1115,7 @@ async fn logs_of_a_full_run_hold_no_key_or_credential() {
         timeout: Duration::from_secs(2),
         sign_version: gm_kms_plugin::config::SignVersion::V3,
         legacy_ciphertexts: true,
+        network: Default::default(),
     };
     let jd = gm_kms_plugin::provider::jdcloud::JdCloudProvider::new(&jd_spec).unwrap();
     let mut dks = HashSet::new();

@@ -18,6 +18,10 @@ changed. The oracles are the same code the live tests run (tests/py/sm4gcm.py, t
   (v3, and v2 with the Go SDK's three constants swapped in, see jdcloud_sign.py). Every case holds the
   whole request as signed; generated cases also name the endpoint, key id and action they were built from
   so the Rust test checks its own wire path and Host header against them.
+- tests/vectors/kube_values.json: etcd values as kube-apiserver stores them through a KMS plugin (v1 AES-GCM,
+  v1 AES-CBC, v2 DEK, v2 seed with HKDF), built by tests/py/kube_values.py (Python `cryptography` and
+  `protobuf`) around DEK ciphertexts that the real plugin made once under keys/dev-sm2-key.pem; each case
+  holds the etcd key, the value and the object `gm-kms-plugin recover` must give back.
 """
 
 import base64
@@ -32,6 +36,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ beside the oracles in the source tree
 import jdcloud_sign  # noqa: E402
+import kube_values  # noqa: E402
 import sm4gcm  # noqa: E402
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -257,6 +262,22 @@ def jdcloud_vectors() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------
+# etcd values as kube-apiserver stores them (tests/py/kube_values.py)
+
+
+def kube_values_vectors() -> dict:
+    ver = importlib.metadata.version("cryptography")
+    pb = importlib.metadata.version("protobuf")
+    return {
+        **header("etcd values as kube-apiserver stores them through a KMS plugin (v1 AES-GCM, v1 AES-CBC, "
+                 "v2 AES_GCM_KEY, v2 HKDF_SHA256_XNONCE_AES_GCM_SEED); the DEK ciphertexts inside were made "
+                 "by gm-kms-plugin encrypt under keys/dev-sm2-key.pem and open with openssl pkeyutl",
+                 f"Python cryptography {ver} and protobuf {pb}, tests/py/kube_values.py"),
+        **kube_values.vectors(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
 
 
 def render(doc: dict) -> str:
@@ -283,7 +304,8 @@ def main() -> int:
         return 2
     if sm4gcm.selftest() != 0:
         return 1
-    files = {"sm4gcm.json": sm4gcm_vectors(), "jdcloud_sign.json": jdcloud_vectors()}
+    files = {"sm4gcm.json": sm4gcm_vectors(), "jdcloud_sign.json": jdcloud_vectors(),
+             "kube_values.json": kube_values_vectors()}
     stale = []
     for name, doc in files.items():
         path = VECTORS / name

@@ -16,7 +16,7 @@
 //!   keeping END_STREAM and PRIORITY;
 //! - server-to-client bytes pass through untouched;
 //! - malformed input (bad preface, CONTINUATION out of sequence, bad padding, an HPACK error, a header
-//!   block over 256 KiB, a client PUSH_PROMISE, a connection cut inside a frame) ends the connection
+//!   block over 16 KiB (received or re-encoded), a client PUSH_PROMISE, a connection cut inside a frame) ends the connection
 //!   with an `InvalidData`/`UnexpectedEof` error from `poll_read`; the parser never panics.
 //!
 //! One loss: a field the client sent as "never indexed" (RFC 7541 §6.2.3) is forwarded as a literal

@@ -23,8 +23,13 @@ pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) const FRAME_HEADER_LEN: usize = 9;
 /// Largest frame the adapter emits: the minimum SETTINGS_MAX_FRAME_SIZE every peer must accept.
 pub(crate) const MAX_OUT_FRAME: usize = 16_384;
-/// Cap on a header block, both as received (all fragments together) and as re-encoded.
-pub(crate) const MAX_BLOCK: usize = 256 * 1024;
+/// Cap on a header block, both as received (all fragments together) and as re-encoded: 16 KiB, the
+/// header list size servers advertise by default (hyper's SETTINGS_MAX_HEADER_LIST_SIZE, which the plugin
+/// sets explicitly) and the largest frame they accept. A re-encoded field (a literal without indexing)
+/// never takes more bytes than the 32 + name + value it counts for in a header list, so no block the
+/// server would accept is refused here; and a block that references the client's dynamic table over and
+/// over (a few KiB that decode to megabytes) is cut off at 16 KiB instead of being buffered.
+pub(crate) const MAX_BLOCK: usize = 16 * 1024;
 /// Cap on the client's HPACK dynamic table. The server's SETTINGS_HEADER_TABLE_SIZE is 4096 unless
 /// configured otherwise (tonic does not); a client asking for more than this is cut off.
 const MAX_TABLE_SIZE: usize = 64 * 1024;

@@ -516,9 +516,15 @@ async fn padded_and_prioritized_headers() {
 }
 
 #[tokio::test]
-async fn block_growing_past_max_frame_size_is_split() {
-    // A 4000-byte value enters the client's dynamic table once and is then referenced by a one-byte
-    // index: the input block is ~4 KiB, the re-encoded one (all literals) ~40 KiB.
+async fn header_blocks_are_capped_at_16_kib() {
+    assert_eq!(
+        MAX_BLOCK,
+        16 * 1024,
+        "the header list size servers advertise (hyper's default, set by the plugin)"
+    );
+    // A 4000-byte value enters the client's dynamic table once and is then referenced by one-byte
+    // indexes: the input block is ~4 KiB, the re-encoded one (all literals) ~40 KiB. With the former
+    // 256 KiB cap it went through as 3 frames; now it is refused before it is buffered.
     let big = "v".repeat(4000);
     let mut fields = grpc_request(SOCKET, "1S");
     for _ in 0..10 {
@@ -526,42 +532,84 @@ async fn block_growing_past_max_frame_size_is_split() {
     }
     let block = encode(&mut Encoder::new(), &fields);
     assert!(block.len() < MAX_OUT_FRAME);
-    for (flags, payload) in [
-        (END_HEADERS | END_STREAM, block.clone()),
-        (PRIO | END_HEADERS | END_STREAM, {
-            let mut p = vec![0, 0, 0, 0, 15];
-            p.extend_from_slice(&block);
-            p
-        }),
-    ] {
-        let input = client_stream(&[frame(HEADERS, flags, 1, &payload), frame(DATA, 0, 1, b"x")]);
-        let out = run(&input).await.unwrap();
-        let (blocks, others) = read_output(&out);
-        assert_eq!(blocks.len(), 1);
-        assert!(
-            blocks[0].frames >= 3,
-            "40 KiB must take 3 frames, took {}",
-            blocks[0].frames
-        );
-        assert_eq!(
-            blocks[0].flags,
-            flags & !END_HEADERS,
-            "END_HEADERS moves to the last frame"
-        );
-        assert_eq!(blocks[0].fields, with_authority(&fields, "localhost"));
-        assert_eq!(others.last().unwrap().payload, b"x");
-        // Every frame but the last is full.
-        let frames = parse_frames(&out[PREFACE.len()..]);
-        let header_frames: Vec<_> = frames
-            .iter()
-            .filter(|f| matches!(f.kind, HEADERS | CONTINUATION))
-            .collect();
-        for f in &header_frames[..header_frames.len() - 1] {
-            assert_eq!(f.payload.len(), MAX_OUT_FRAME);
-            assert_eq!(f.flags & END_HEADERS, 0);
-        }
-        assert_eq!(header_frames.last().unwrap().flags, END_HEADERS);
-    }
+    let input = client_stream(&[frame(HEADERS, END_HEADERS, 1, &block)]);
+    let e = expect_invalid(run(&input).await);
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+
+    // 17 KiB as HEADERS + CONTINUATION, each frame legal on its own: refused.
+    let fields = with_value(17 * 1024);
+    let block = encode(&mut Encoder::new(), &fields);
+    let (a, b) = block.split_at(8 * 1024);
+    let input = client_stream(&[
+        frame(HEADERS, 0, 1, a),
+        frame(CONTINUATION, END_HEADERS, 1, b),
+    ]);
+    let e = expect_invalid(run(&input).await);
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+}
+
+/// Length of the header block the adapter makes of `block` (sent alone, in one HEADERS frame).
+async fn reencoded_len(block: &[u8]) -> usize {
+    let out = run(&client_stream(&[frame(HEADERS, END_HEADERS, 1, block)]))
+        .await
+        .unwrap();
+    parse_frames(&out[PREFACE.len()..])
+        .iter()
+        .filter(|f| matches!(f.kind, HEADERS | CONTINUATION))
+        .map(|f| f.payload.len())
+        .sum()
+}
+
+/// A gRPC request (with an acceptable `:authority`) plus one `x-big` field of `len` bytes.
+fn with_value(len: usize) -> Vec<(String, String)> {
+    let mut fields = grpc_request("localhost", "1S");
+    fields.push(("x-big".to_string(), "v".repeat(len)));
+    fields
+}
+
+#[tokio::test]
+async fn block_growing_past_max_frame_size_is_split() {
+    // A block that re-encodes to just under the cap, sent with PRIORITY: its 5 bytes push the HEADERS
+    // frame past 16384, so the block leaves as HEADERS (full) + CONTINUATION.
+    let probe = reencoded_len(&encode(&mut Encoder::new(), &with_value(16_000))).await;
+    let target = MAX_BLOCK - 2;
+    let fields = with_value(16_000 + target - probe);
+    let block = encode(&mut Encoder::new(), &fields);
+    assert_eq!(reencoded_len(&block).await, target);
+    assert!(block.len() <= MAX_BLOCK, "input {} bytes", block.len());
+
+    let (a, b) = block.split_at(100);
+    let mut first = vec![0, 0, 0, 0, 15];
+    first.extend_from_slice(a);
+    let input = client_stream(&[
+        frame(HEADERS, PRIO | END_STREAM, 1, &first),
+        frame(CONTINUATION, END_HEADERS, 1, b),
+        frame(DATA, 0, 1, b"x"),
+    ]);
+    let out = run(&input).await.unwrap();
+    let (blocks, others) = read_output(&out);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].frames, 2, "HEADERS + CONTINUATION");
+    assert_eq!(
+        blocks[0].flags,
+        PRIO | END_STREAM,
+        "END_HEADERS moves to the last frame"
+    );
+    assert_eq!(blocks[0].priority, Some([0, 0, 0, 0, 15]));
+    assert_eq!(blocks[0].fields, fields);
+    assert_eq!(others.last().unwrap().payload, b"x");
+    let frames = parse_frames(&out[PREFACE.len()..]);
+    let header_frames: Vec<_> = frames
+        .iter()
+        .filter(|f| matches!(f.kind, HEADERS | CONTINUATION))
+        .collect();
+    assert_eq!(
+        header_frames[0].payload.len(),
+        MAX_OUT_FRAME,
+        "the first is full"
+    );
+    assert_eq!(header_frames[0].flags & END_HEADERS, 0);
+    assert_eq!(header_frames[1].flags, END_HEADERS);
 }
 
 #[tokio::test]

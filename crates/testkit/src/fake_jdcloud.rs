@@ -15,6 +15,10 @@
 //! The fake shares no code with the plugin: its cipher is RustCrypto's SM4 in their generic GCM, and the
 //! gateway's signature check is [`crate::jdcloud_sig`].
 //!
+//! With [`FakeJdCloud::start_tls`] it speaks HTTPS instead (rustls, TLS 1.2 and 1.3, a certificate of
+//! [`crate::pki`]), and counts connections, completed handshakes and refused ones, so that tests can
+//! check trust decisions and proxy routes on a real TLS server.
+//!
 //! Whatever a client sends, the fake answers (or drops the connection): no input makes it panic. It
 //! panics only where a test cannot go on (no loopback port to bind, no OS random numbers), as each
 //! function's `# Panics` says.
@@ -37,11 +41,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sm4::Sm4;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::jdcloud_sig::{self, Authorization, Received};
+use crate::pki::ServerIdentity;
 
 /// SM4 in GCM with a 96-bit nonce and a 128-bit tag.
 type Sm4Gcm = AesGcm<Sm4, U12>;
@@ -107,6 +113,12 @@ pub struct Counts {
     pub replayed_nonce: u64,
     /// Answers replaced by a [`Fault`] (or delayed by [`FakeJdCloud::set_delay`]: not counted here).
     pub faults: u64,
+    /// TCP connections accepted (HTTP or HTTPS): with a proxy in between, each one came through it.
+    pub connections: u64,
+    /// TLS handshakes completed ([`FakeJdCloud::start_tls`] only).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: the client refused the certificate, or spoke something else.
+    pub tls_failures: u64,
 }
 
 impl Counts {
@@ -125,6 +137,9 @@ struct Counters {
     bad_signature: AtomicU64,
     replayed_nonce: AtomicU64,
     faults: AtomicU64,
+    connections: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -148,6 +163,8 @@ struct State {
     request_seq: AtomicU64,
     /// Bumped to close every open connection.
     kill: watch::Sender<u64>,
+    /// Set: HTTPS with this certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,6 +213,40 @@ impl FakeJdCloud {
     /// # Panics
     /// If no port of `127.0.0.1` can be bound.
     pub async fn start_with(access_key: &str, secret_key: &str, key_id: &str) -> FakeJdCloud {
+        Self::start_inner(access_key, secret_key, key_id, None).await
+    }
+
+    /// [`FakeJdCloud::start`], but serving HTTPS with `identity` (TLS 1.2 and 1.3, ALPN `http/1.1`).
+    /// `KmsSchema` is then `https`, and a client must trust `identity`'s CA and connect by one of its
+    /// names (the endpoint is `127.0.0.1:PORT`, so a leaf for `127.0.0.1` is what a client accepts).
+    ///
+    /// # Panics
+    /// If no port of `127.0.0.1` can be bound, or rustls refuses the identity.
+    pub async fn start_tls(identity: &ServerIdentity) -> FakeJdCloud {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("TLS 1.2 and 1.3 with ring")
+            .with_no_client_auth()
+            .with_single_cert(identity.chain.clone(), identity.private_key())
+            .expect("the fake's certificate and key");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_inner(
+            FAKE_ACCESS_KEY,
+            FAKE_SECRET_KEY,
+            FAKE_KEY_ID,
+            Some(acceptor),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        access_key: &str,
+        secret_key: &str,
+        key_id: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeJdCloud {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("fake JD Cloud KMS: bind 127.0.0.1:0");
         let addr = listener
@@ -214,6 +265,7 @@ impl FakeJdCloud {
             delay_ms: AtomicU64::new(0),
             request_seq: AtomicU64::new(0),
             kill,
+            tls,
         });
         let (cmds, rx) = mpsc::unbounded_channel();
         let server = tokio::spawn(serve(listener, addr, state.clone(), rx));
@@ -230,9 +282,18 @@ impl FakeJdCloud {
         self.addr
     }
 
-    /// `127.0.0.1:PORT`, for `KmsEndpoint` (with `KmsSchema` `http`).
+    /// `127.0.0.1:PORT`, for `KmsEndpoint` (with `KmsSchema` [`FakeJdCloud::schema`]).
     pub fn endpoint(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `https` for a fake of [`FakeJdCloud::start_tls`], else `http`: its `KmsSchema`.
+    pub fn schema(&self) -> &'static str {
+        if self.state.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The access key id the fake accepts.
@@ -251,7 +312,8 @@ impl FakeJdCloud {
     }
 
     /// The plugin's provider fields for key `key_id` of this fake, in the config file's names:
-    /// `AccessKey`, `SecretKey`, `KmsEndpoint`, `KmsKeyId` and `KmsSchema` (`http`). A `PreviousKeys`
+    /// `AccessKey`, `SecretKey`, `KmsEndpoint`, `KmsKeyId` and `KmsSchema` ([`FakeJdCloud::schema`]). A
+    /// `PreviousKeys`
     /// entry as it is; add `GRPCSocketPath` and the like for a whole config.
     pub fn config_json(&self, key_id: &str) -> Value {
         json!({
@@ -259,7 +321,7 @@ impl FakeJdCloud {
             "SecretKey": self.state.secret_key,
             "KmsEndpoint": self.endpoint(),
             "KmsKeyId": key_id,
-            "KmsSchema": "http",
+            "KmsSchema": self.schema(),
         })
     }
 
@@ -350,6 +412,9 @@ impl FakeJdCloud {
             bad_signature: c.bad_signature.load(Ordering::SeqCst),
             replayed_nonce: c.replayed_nonce.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::SeqCst),
+            connections: c.connections.load(Ordering::SeqCst),
+            tls_handshakes: c.tls_handshakes.load(Ordering::SeqCst),
+            tls_failures: c.tls_failures.load(Ordering::SeqCst),
         }
     }
 
@@ -364,6 +429,9 @@ impl FakeJdCloud {
             &c.bad_signature,
             &c.replayed_nonce,
             &c.faults,
+            &c.connections,
+            &c.tls_handshakes,
+            &c.tls_failures,
         ] {
             a.store(0, Ordering::SeqCst);
         }
@@ -496,23 +564,45 @@ impl std::fmt::Display for DropConnection {
 }
 impl std::error::Error for DropConnection {}
 
-fn spawn_connection(stream: tokio::net::TcpStream, state: Arc<State>) {
+fn spawn_connection(stream: TcpStream, state: Arc<State>) {
+    state.counters.connections.fetch_add(1, Ordering::SeqCst);
     let mut kill = state.kill.subscribe();
     tokio::spawn(async move {
         let _ = stream.set_nodelay(true);
-        let svc_state = state.clone();
-        let svc = service_fn(move |req| {
-            let state = svc_state.clone();
-            async move { state.handle(req).await }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
+        let served = async {
+            match &state.tls {
+                None => serve_http(stream, state.clone()).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => {
+                        state.counters.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+                        serve_http(tls, state.clone()).await;
+                    }
+                    Err(_) => {
+                        state.counters.tls_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            }
+        };
         tokio::select! {
-            _ = conn => {}
+            _ = served => {}
             _ = kill.changed() => {}
         }
     });
+}
+
+/// HTTP/1.1 with keep-alive on one connection, plain or inside TLS.
+async fn serve_http<S>(io: S, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { state.handle(req).await }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

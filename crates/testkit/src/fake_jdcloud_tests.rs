@@ -509,3 +509,60 @@ async fn configs_point_at_the_fake() {
     want["GRPCSocketPath"] = json!("/run/kms.sock");
     assert_eq!(seed, want);
 }
+
+#[tokio::test]
+async fn tls_mode_serves_https_and_counts_handshakes() {
+    use crate::pki::TestCa;
+    let ca = TestCa::new("testkit CA");
+    let fake = FakeJdCloud::start_tls(&ca.server(&["127.0.0.1"])).await;
+    assert_eq!(fake.schema(), "https");
+    assert_eq!(fake.config_json(FAKE_KEY_ID)["KmsSchema"], "https");
+    let client = |trusted: &TestCa| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted.cert_der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    // Trusted: an unsigned request gets the gateway's 401, over TLS.
+    let tcp = tokio::net::TcpStream::connect(fake.addr()).await.unwrap();
+    let mut tls = client(&ca).connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"GET /v1/key/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 401"));
+    // Another CA: the client refuses, the fake counts a failed handshake.
+    let tcp = tokio::net::TcpStream::connect(fake.addr()).await.unwrap();
+    assert!(
+        client(&TestCa::new("other CA"))
+            .connect(name, tcp)
+            .await
+            .is_err()
+    );
+    for _ in 0..200 {
+        if fake.counts().tls_failures > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let c = fake.counts();
+    assert_eq!(
+        (
+            c.connections,
+            c.tls_handshakes,
+            c.tls_failures,
+            c.describe,
+            c.bad_signature
+        ),
+        (2, 1, 1, 1, 1),
+        "{c:?}"
+    );
+}

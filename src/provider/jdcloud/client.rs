@@ -1,22 +1,23 @@
 //! The HTTP(S) side of the JD Cloud provider: builds, signs and sends one KMS call, with a per-attempt
 //! timeout and bounded, jittered retries inside an overall deadline. It returns the HTTP status and body
 //! of the answer it settled on; reading the JSON and choosing an error kind is the caller's business.
+//! How connections are made (proxy, TLS trust) is [`super::net`]'s.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use zeroize::Zeroizing;
 
+use super::net::{self, ConnectError, Connector, Route, TlsPeer, error_chain};
 use super::sign::{self, Credentials, HEADER_CONTENT_SHA256, HEADER_DATE, HEADER_NONCE};
-use crate::config::SignVersion;
+use crate::config::{KmsNetwork, SignVersion};
 use crate::secret::SecretString;
 
 /// The largest answer body read; KMS answers are a few hundred bytes.
@@ -123,6 +124,15 @@ pub(crate) enum Failure {
     },
     /// The last attempt got no answer: connect error, dropped connection, TLS error, or timeout.
     NoAnswer { detail: String, attempts: u32 },
+    /// No answer, and another attempt cannot change that: the proxy wants other credentials (407), or
+    /// the endpoint's certificate is refused. Not retried.
+    Final { detail: String, attempts: u32 },
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        !matches!(self, Failure::Final { .. })
+    }
 }
 
 /// The `Host` header (and signed host) of an endpoint `host[:port]`: a port of 80 or 443 is left out,
@@ -156,11 +166,27 @@ pub(crate) fn wire_path(version: SignVersion, key_id: &str, action: Option<&str>
     path
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<Connector, Full<Bytes>>;
+
+/// Why one attempt got no answer.
+struct NoAnswer {
+    detail: String,
+    retry: bool,
+}
+
+impl NoAnswer {
+    fn retry(detail: String) -> Self {
+        Self {
+            detail,
+            retry: true,
+        }
+    }
+}
 
 /// A signed-request client for one endpoint and one set of credentials.
 pub(crate) struct KmsClient {
     http: HttpClient,
+    connector: Connector,
     scheme: &'static str,
     endpoint: String,
     host: String,
@@ -178,6 +204,7 @@ impl std::fmt::Debug for KmsClient {
                 "endpoint",
                 &format_args!("{}://{}", self.scheme, self.endpoint),
             )
+            .field("route", self.connector.route())
             .field("sign_version", &self.version)
             .field("policy", &self.policy)
             .field("credentials", &format_args!("<redacted>"))
@@ -186,8 +213,10 @@ impl std::fmt::Debug for KmsClient {
 }
 
 impl KmsClient {
-    /// `schema` is `http` or `https`; `endpoint` is `host[:port]`. TLS trusts the system's roots, or
-    /// Mozilla's (built in) where the system has none.
+    /// `schema` is `http` or `https`; `endpoint` is `host[:port]`. The route (proxy) and TLS trust
+    /// follow `network` and, where it leaves the proxy open, the variables that `env` returns
+    /// ([`net::decide_route`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         schema: &str,
         endpoint: &str,
@@ -195,6 +224,8 @@ impl KmsClient {
         secret_key: SecretString,
         version: SignVersion,
         policy: RetryPolicy,
+        network: &KmsNetwork,
+        env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
         let scheme = match schema {
             "http" => "http",
@@ -207,32 +238,21 @@ impl KmsClient {
         if authority.as_str().contains('@') || endpoint.is_empty() {
             return Err(format!("KmsEndpoint {endpoint:?} is not host[:port]"));
         }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = hyper_rustls::HttpsConnectorBuilder::new();
-        let tls = if scheme == "https" {
-            match tls.with_provider_and_native_roots(provider.clone()) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::debug!("no system TLS roots ({e}); using the built-in Mozilla roots");
-                    hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_provider_and_webpki_roots(provider)
-                        .map_err(|e| format!("TLS set-up failed: {e}"))?
-                }
-            }
-        } else {
-            tls.with_provider_and_webpki_roots(provider)
-                .map_err(|e| format!("TLS set-up failed: {e}"))?
+        let route = net::decide_route(scheme, authority.as_str(), network.proxy.as_ref(), env)?;
+        let tls = match scheme {
+            "https" => Some(net::tls_config(network)?),
+            _ => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(policy.attempt_timeout));
-        let connector = tls.https_or_http().enable_http1().wrap_connector(connector);
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(policy.attempt_timeout));
+        let connector = Connector::new(tcp, route, tls);
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(8)
-            .build(connector);
+            .build(connector.clone());
         let user_agent = HeaderValue::from_str(&format!(
             "{}/{} kms/v1",
             crate::RUNTIME_NAME,
@@ -241,6 +261,7 @@ impl KmsClient {
         .map_err(|e| format!("user agent: {e}"))?;
         Ok(Self {
             http,
+            connector,
             scheme,
             endpoint: authority.as_str().to_string(),
             host: host_header(authority.as_str()),
@@ -259,6 +280,24 @@ impl KmsClient {
     /// `scheme://endpoint`, for messages.
     pub(crate) fn base_url(&self) -> String {
         format!("{}://{}", self.scheme, self.endpoint)
+    }
+
+    /// `scheme://endpoint`, and the proxy when there is one, for messages (never a credential).
+    pub(crate) fn target(&self) -> String {
+        match self.connector.route() {
+            Route::Proxy(_) => format!("{} {}", self.base_url(), self.connector.route()),
+            Route::Direct { .. } => self.base_url(),
+        }
+    }
+
+    /// How connections are made.
+    pub(crate) fn route(&self) -> &Route {
+        self.connector.route()
+    }
+
+    /// The endpoint's certificate as the last TLS handshake saw it (`https` only).
+    pub(crate) fn last_tls_peer(&self) -> Option<Result<TlsPeer, String>> {
+        self.connector.last_peer()
     }
 
     /// Calls `op` on `key_id` with `body`, retrying as [`RetryPolicy`] says. Returns the first answer that
@@ -295,7 +334,7 @@ impl KmsClient {
         })
         .retry(self.policy.backoff())
         .sleep(tokio::time::sleep)
-        .when(|stop| matches!(stop, Stop::Failed(_)))
+        .when(|stop| matches!(stop, Stop::Failed(f) if f.retryable()))
         // A pause is taken only if it ends before the deadline.
         .adjust(|_, pause| pause.filter(|p| Instant::now() + *p < deadline))
         .notify(|stop, pause| {
@@ -349,7 +388,17 @@ impl KmsClient {
                 body,
                 attempts: attempt,
             }),
-            Ok(Err(detail)) => Err(Failure::NoAnswer {
+            Ok(Err(NoAnswer {
+                detail,
+                retry: true,
+            })) => Err(Failure::NoAnswer {
+                detail,
+                attempts: attempt,
+            }),
+            Ok(Err(NoAnswer {
+                detail,
+                retry: false,
+            })) => Err(Failure::Final {
                 detail,
                 attempts: attempt,
             }),
@@ -366,7 +415,7 @@ impl KmsClient {
         op: Op,
         key_id: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), String> {
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), NoAnswer> {
         let date = sign::format_date(SystemTime::now());
         let nonce = sign::new_nonce();
         let path = wire_path(self.version, key_id, op.action());
@@ -397,8 +446,9 @@ impl KmsClient {
                 sign::SERVICE,
                 &creds,
             );
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| "the access key is not valid in an HTTP header".to_string())?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                NoAnswer::retry("the access key is not valid in an HTTP header".to_string())
+            })?;
             value.set_sensitive(true);
             value
         };
@@ -420,24 +470,61 @@ impl KmsClient {
                     sign::algorithm(SignVersion::V3),
                 );
         }
+        // Plain http through a proxy: the request itself carries the proxy's credentials (through a
+        // CONNECT tunnel only the CONNECT does, and the endpoint never sees them).
+        let proxy = match self.connector.route() {
+            Route::Proxy(p) => Some(p),
+            Route::Direct { .. } => None,
+        };
+        if self.scheme == "http"
+            && let Some(auth) = proxy.and_then(|p| p.auth())
+        {
+            builder = builder.header(PROXY_AUTHORIZATION, auth.clone());
+        }
         let request = builder
             .body(Full::new(body))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| format!("{}: {}", self.base_url(), error_chain(&e)))?;
+            .map_err(|e| NoAnswer::retry(format!("cannot build the request: {e}")))?;
+        let response = self.http.request(request).await.map_err(|e| {
+            // The connector's own error says what failed (naming the proxy or the TLS peer) and whether
+            // another attempt can help; hyper's wrapper around it adds nothing.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if let Some(c) = s.downcast_ref::<ConnectError>() {
+                    return NoAnswer {
+                        detail: c.to_string(),
+                        retry: c.retry,
+                    };
+                }
+                source = s.source();
+            }
+            NoAnswer::retry(format!("{}: {}", self.base_url(), error_chain(&e)))
+        })?;
         let status = response.status();
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+            && let Some(p) = proxy
+        {
+            let hint = if p.auth().is_some() {
+                "the proxy refused the credentials"
+            } else {
+                "no credentials were configured (KmsProxyCredentialsFile)"
+            };
+            return Err(NoAnswer {
+                detail: format!(
+                    "proxy {} answered 407 Proxy Authentication Required: {hint}",
+                    p.host_port()
+                ),
+                retry: false,
+            });
+        }
         let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| {
-                format!(
+                NoAnswer::retry(format!(
                     "{}: reading the answer: {}",
                     self.base_url(),
                     error_chain(&*e)
-                )
+                ))
             })?;
         let bytes: Vec<u8> = collected.to_bytes().into();
         Ok((status, Zeroizing::new(bytes)))
@@ -452,9 +539,11 @@ enum Stop {
     Late,
 }
 
-fn attempts_of(f: &Failure) -> u32 {
+pub(crate) fn attempts_of(f: &Failure) -> u32 {
     match f {
-        Failure::Status { attempts, .. } | Failure::NoAnswer { attempts, .. } => *attempts,
+        Failure::Status { attempts, .. }
+        | Failure::NoAnswer { attempts, .. }
+        | Failure::Final { attempts, .. } => *attempts,
     }
 }
 
@@ -469,23 +558,8 @@ pub(crate) fn describe_failure(f: &Failure) -> String {
             Some(e) => format!("HTTP {} {e}", answer_status.as_u16()),
             None => format!("HTTP {}", answer_status.as_u16()),
         },
-        Failure::NoAnswer { detail, .. } => detail.clone(),
+        Failure::NoAnswer { detail, .. } | Failure::Final { detail, .. } => detail.clone(),
     }
-}
-
-/// An error and its sources, `: `-joined (hyper's top-level messages alone say little).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -561,6 +635,8 @@ mod tests {
                 SecretString::new("s".into()),
                 SignVersion::V3,
                 RetryPolicy::for_timeout(Duration::from_millis(500)),
+                &KmsNetwork::default(),
+                &|_| None,
             )
         };
         assert!(mk("ftp", "h").is_err());

@@ -1,7 +1,8 @@
 //! JD Cloud KMS provider: a data key is wrapped by KMS `Encrypt` under a JD Cloud master key and
 //! unwrapped by `Decrypt`. The wrapped data key in our ciphertext header is the `ciphertextBlob` text JD
 //! Cloud returned (DESIGN §2). Requests are signed `JDCLOUD3-HMAC-SHA256` (or `JDCLOUD2-…`, [`sign`]),
-//! sent over HTTP or HTTPS ([`client`]), and their answers read totally ([`wire`]).
+//! sent over HTTP or HTTPS ([`client`]), directly or through an HTTP forward proxy with the TLS roots
+//! the config names ([`net`]), and their answers read totally ([`wire`]).
 //!
 //! Error kinds (DESIGN §6): no answer, timeout, 5xx, 429, an unreadable or empty answer → `Unavailable`;
 //! 401/403 → `PermissionDenied`; a Decrypt the KMS rejects as a bad ciphertext → `InvalidWrappedKey`; any
@@ -17,12 +18,13 @@ use crate::config::JdCloudSpec;
 use crate::secret::{DATA_KEY_LEN, DataKey};
 
 pub mod client;
+mod net;
 pub mod sign;
 #[doc(hidden)]
 pub mod wire; // pub for the fuzz targets (fuzz/), not an API
 
 pub use client::RetryPolicy;
-use client::{Failure, KmsClient, Op};
+use client::{KmsClient, Op};
 use wire::Problem;
 
 /// State of a JD Cloud KMS key as DescribeKey reports it (`keyStatus`).
@@ -87,6 +89,16 @@ impl JdCloudProvider {
 
     /// Builds the provider with an explicit retry policy (tests, benchmarks).
     pub fn with_policy(spec: &JdCloudSpec, policy: RetryPolicy) -> Result<Self, ProviderError> {
+        Self::with_env(spec, policy, &|name| std::env::var(name).ok())
+    }
+
+    /// Builds the provider reading the proxy variables (`HTTPS_PROXY`, `NO_PROXY`, …) from `env`
+    /// instead of the process environment.
+    pub(crate) fn with_env(
+        spec: &JdCloudSpec,
+        policy: RetryPolicy,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ProviderError> {
         let key_id = spec.key_id.trim();
         if key_id.is_empty() || key_id.chars().any(char::is_control) || key_id != spec.key_id {
             return Err(ProviderError::Config(
@@ -119,8 +131,16 @@ impl JdCloudProvider {
             spec.secret_key.clone(),
             spec.sign_version,
             policy,
+            &spec.network,
+            env,
         )
         .map_err(|e| ProviderError::Config(e.into()))?;
+        tracing::info!(
+            key = %kek_id,
+            endpoint = %client.base_url(),
+            route = %client.route(),
+            "jdcloud KMS client ready"
+        );
         Ok(Self {
             kek_id,
             key_id: key_id.to_string(),
@@ -142,6 +162,18 @@ impl JdCloudProvider {
     /// The retry policy in force.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.client.policy()
+    }
+
+    /// The endpoint, the route to it and, over https, the certificate the last TLS handshake saw
+    /// (subject, issuer, expiry), in words: what `check` prints after the key's state.
+    pub fn connection_line(&self) -> String {
+        let mut line = format!("{} {}", self.client.base_url(), self.client.route());
+        match self.client.last_tls_peer() {
+            Some(Ok(peer)) => line.push_str(&format!("; TLS peer {peer}")),
+            Some(Err(e)) => line.push_str(&format!("; TLS peer certificate unreadable: {e}")),
+            None => {}
+        }
+        line
     }
 
     /// DescribeKey: the key's state.
@@ -193,11 +225,7 @@ impl JdCloudProvider {
             }
             Ok(answer) => Err(self.refusal(op, answer.status, &answer.body)),
             Err(failure) => {
-                let attempts = match &failure {
-                    Failure::Status { attempts, .. } | Failure::NoAnswer { attempts, .. } => {
-                        *attempts
-                    }
-                };
+                let attempts = client::attempts_of(&failure);
                 let detail = client::describe_failure(&failure);
                 tracing::warn!(
                     op = op.name(),
@@ -209,7 +237,7 @@ impl JdCloudProvider {
                     format!(
                         "jdcloud {} at {} failed after {attempts} attempt(s): {detail}",
                         op.name(),
-                        self.client.base_url()
+                        self.client.target()
                     )
                     .into(),
                 ))
@@ -323,9 +351,15 @@ impl KeyProvider for JdCloudProvider {
         })
     }
 
+    /// `jdcloud key <id>: <state>`, then how the endpoint was reached: the route (direct, or which proxy
+    /// from which setting) and, over https, the certificate the endpoint presented.
     async fn describe(&self) -> Result<String, ProviderError> {
         let state = self.key_state().await?;
-        let line = format!("jdcloud key {}: {state}", self.key_id);
+        let line = format!(
+            "jdcloud key {}: {state}; {}",
+            self.key_id,
+            self.connection_line()
+        );
         match state {
             KeyState::Enabled => Ok(line),
             // A key that cannot seal is a failed check, not a description.

@@ -8,8 +8,10 @@ use super::*;
 use crate::config::SignVersion;
 use gm_kms_testkit::fake_jdcloud::{Counts, FAKE_KEY_ID, FAKE_SECRET_KEY, FakeJdCloud, Fault};
 
+/// The provider for `spec`, blind to the process's proxy variables (the fake is on 127.0.0.1).
 fn provider(spec: &JdCloudSpec) -> JdCloudProvider {
-    JdCloudProvider::new(spec).expect("provider builds")
+    JdCloudProvider::with_env(spec, RetryPolicy::for_timeout(spec.timeout), &|_| None)
+        .expect("provider builds")
 }
 
 /// A provider config for key `key_id` of the fake: schema `http`, signing v3, legacy reads on.
@@ -23,6 +25,7 @@ fn spec_for(fake: &FakeJdCloud, key_id: &str, timeout: Duration) -> JdCloudSpec 
         timeout,
         sign_version: SignVersion::V3,
         legacy_ciphertexts: true,
+        network: Default::default(),
     }
 }
 
@@ -84,9 +87,13 @@ async fn wrap_unwrap_round_trip_with_both_sign_versions() {
 async fn describe_reports_the_key_state() {
     let fake = FakeJdCloud::start().await;
     let p = provider(&fake_spec(&fake));
+    // The state, then the endpoint and the route to it (plain http: no TLS peer).
     assert_eq!(
         p.describe().await.unwrap(),
-        format!("jdcloud key {FAKE_KEY_ID}: enabled")
+        format!(
+            "jdcloud key {FAKE_KEY_ID}: enabled; http://{} direct",
+            fake.endpoint()
+        )
     );
     fake.set_key_status(FAKE_KEY_ID, 1);
     assert_eq!(p.key_state().await.unwrap(), KeyState::Disabled);
@@ -370,6 +377,7 @@ fn bad_configs_are_config_errors_and_never_show_secrets() {
         timeout: Duration::from_millis(2000),
         sign_version: SignVersion::V3,
         legacy_ciphertexts: false,
+        network: Default::default(),
     };
     let p = JdCloudProvider::new(&spec).expect("builds without a runtime or a remote call");
     let shown = format!("{p:?}");
@@ -532,4 +540,93 @@ async fn the_fake_listens_on_the_same_port_after_coming_back() {
     assert_eq!(cfg["KmsEndpoint"], addr.to_string());
     assert_eq!(cfg["KmsKeyId"], FAKE_KEY_ID);
     assert_eq!(cfg["KmsSchema"], "http");
+}
+
+/// A TLS fake for `127.0.0.1` under a fresh test CA, and a spec that trusts that CA (`KmsCaFile`).
+async fn tls_fake(
+    dir: &std::path::Path,
+    leaf: impl Fn(&gm_kms_testkit::pki::TestCa) -> gm_kms_testkit::pki::ServerIdentity,
+) -> (FakeJdCloud, JdCloudSpec) {
+    let ca = gm_kms_testkit::pki::TestCa::new("gm-kms unit-test CA");
+    let fake = FakeJdCloud::start_tls(&leaf(&ca)).await;
+    let mut spec = short(&fake, 1000);
+    spec.schema = "https".into();
+    spec.network.ca_file = Some(ca.write_pem(dir, "ca.pem"));
+    spec.network.ca_file_only = true;
+    (fake, spec)
+}
+
+#[tokio::test]
+async fn https_with_kms_ca_file_round_trips_and_shows_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, spec) = tls_fake(dir.path(), |ca| ca.server(&["127.0.0.1"])).await;
+    let p = provider(&spec);
+    let key = dk(3);
+    let wrapped = p.wrap(&key).await.expect("wrap over https");
+    assert_eq!(p.unwrap(&wrapped).await.unwrap(), key);
+    let line = p.describe().await.unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "jdcloud key {FAKE_KEY_ID}: enabled; https://127.0.0.1:"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("direct; TLS peer subject \"")
+            && line.contains("CN=127.0.0.1")
+            && line.contains("issuer \"")
+            && line.contains("CN=gm-kms unit-test CA")
+            && line.contains("not after 20"),
+        "{line}"
+    );
+    let c = fake.counts();
+    assert_eq!(
+        (c.encrypt, c.decrypt, c.describe, c.tls_failures),
+        (1, 1, 1, 0),
+        "{c:?}"
+    );
+    assert!(c.tls_handshakes >= 1, "{c:?}");
+}
+
+#[tokio::test]
+async fn refused_certificates_are_unavailable_at_once_without_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    type Leaf = fn(&gm_kms_testkit::pki::TestCa) -> gm_kms_testkit::pki::ServerIdentity;
+    let cases: [(&str, Leaf, bool); 3] = [
+        ("UnknownIssuer", |ca| ca.server(&["127.0.0.1"]), false),
+        (
+            "not valid for name",
+            |ca| ca.server(&["kms.other.example"]),
+            true,
+        ),
+        ("expired", |ca| ca.expired_server(&["127.0.0.1"]), true),
+    ];
+    for (want, leaf, trust) in cases {
+        let (fake, mut spec) = tls_fake(dir.path(), leaf).await;
+        if !trust {
+            spec.network = Default::default();
+        }
+        let started = Instant::now();
+        let e = provider(&spec).wrap(&dk(1)).await.unwrap_err();
+        assert_eq!(kind(&e), "Unavailable", "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(want) && text.contains("after 1 attempt"),
+            "{want}: {text}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900), "{text}");
+        // The fake counts the failed handshake once it has read the client's alert.
+        for _ in 0..200 {
+            if fake.counts().tls_failures > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let c = fake.counts();
+        assert_eq!(
+            (c.connections, c.tls_failures, c.total()),
+            (1, 1, 0),
+            "{want}: {c:?}"
+        );
+    }
 }

@@ -43,11 +43,18 @@ pub fn openssl_key(dir: &Path, name: &str) -> PathBuf {
     dst
 }
 
-/// Writes `config` as `dir/config.json`.
+/// Writes `config` as `dir/config.json`, mode 0600 (see [`write_private`]).
 pub fn write_config(dir: &Path, config: &serde_json::Value) -> PathBuf {
     let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(config).expect("json")).expect("write config");
+    write_private(&path, serde_json::to_vec_pretty(config).expect("json"));
     path
+}
+
+/// Writes a file with mode 0600, as a config file that holds an inline `SecretKey` must be (the plugin
+/// refuses one that group or others can read, as it refuses such a key file).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    std::fs::write(path, contents).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod file");
 }
 
 /// A plugin process.
