@@ -66,7 +66,8 @@ pub struct Sm4Gcm(AesGcm<Sm4, U12>);
 impl Sm4Gcm {
     /// The cipher keyed with `key`.
     pub fn new(key: &DataKey) -> Self {
-        let key = Array::from(*key.as_bytes());
+        // The cipher keeps its own (zeroized) key schedule; this copy is wiped as soon as it is built.
+        let key = zeroize::Zeroizing::new(Array::from(*key.as_bytes()));
         Self(AesGcm::new(&key))
     }
 

@@ -634,9 +634,44 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
             ));
         }
     };
-    let stray = |fields: &[(&str, bool)], provider: &str| -> Result<(), String> {
-        match fields.iter().find(|(_, present)| *present) {
-            Some((name, _)) => Err(format!(
+    // Which provider each provider-specific field belongs to: one table, so a field added for one provider
+    // is refused on the others without touching their code.
+    const SM2: &[&str] = &["sm2"];
+    const SM2_KEYS: &[&str] = &["sm2", "sdf"];
+    const JD: &[&str] = &["jdcloud"];
+    const SDF: &[&str] = &["sdf"];
+    let owned: [(&str, bool, &[&str]); 20] = [
+        ("Sm2PrivateKeyFile", raw.sm2_private_key_file.is_some(), SM2),
+        ("Sm2KeyId", raw.sm2_key_id.is_some(), SM2_KEYS),
+        ("AccessKey", raw.access_key.is_some(), JD),
+        ("SecretKey", raw.secret_key.is_some(), JD),
+        ("SecretKeyFile", raw.secret_key_file.is_some(), JD),
+        ("KmsEndpoint", raw.kms_endpoint.is_some(), JD),
+        ("KmsKeyId", raw.kms_key_id.is_some(), JD),
+        ("KmsSchema", raw.kms_schema.is_some(), JD),
+        ("KmsTimeoutMs", raw.kms_timeout_ms.is_some(), JD),
+        ("KmsSignVersion", raw.kms_sign_version.is_some(), JD),
+        ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some(), JD),
+        ("KmsProxy", raw.kms_proxy.is_some(), JD),
+        (
+            "KmsProxyCredentialsFile",
+            raw.kms_proxy_credentials_file.is_some(),
+            JD,
+        ),
+        ("KmsCaFile", raw.kms_ca_file.is_some(), JD),
+        ("KmsCaFileOnly", raw.kms_ca_file_only.is_some(), JD),
+        ("SdfLibrary", raw.sdf_library.is_some(), SDF),
+        ("SdfKeyIndex", raw.sdf_key_index.is_some(), SDF),
+        ("SdfPinFile", raw.sdf_pin_file.is_some(), SDF),
+        ("SdfProfile", raw.sdf_profile.is_some(), SDF),
+        ("SdfSessions", raw.sdf_sessions.is_some(), SDF),
+    ];
+    let stray = |provider: &str| -> Result<(), String> {
+        match owned
+            .iter()
+            .find(|(_, set, owners)| *set && !owners.contains(&provider))
+        {
+            Some((name, ..)) => Err(format!(
                 "field {at}{name} does not apply to Provider {provider:?}"
             )),
             None => Ok(()),
@@ -644,32 +679,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
     };
     match provider.as_str() {
         "sm2" => {
-            stray(
-                &[
-                    ("AccessKey", raw.access_key.is_some()),
-                    ("SecretKey", raw.secret_key.is_some()),
-                    ("SecretKeyFile", raw.secret_key_file.is_some()),
-                    ("KmsEndpoint", raw.kms_endpoint.is_some()),
-                    ("KmsKeyId", raw.kms_key_id.is_some()),
-                    ("KmsSchema", raw.kms_schema.is_some()),
-                    ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
-                    ("KmsSignVersion", raw.kms_sign_version.is_some()),
-                    ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
-                    ("KmsProxy", raw.kms_proxy.is_some()),
-                    (
-                        "KmsProxyCredentialsFile",
-                        raw.kms_proxy_credentials_file.is_some(),
-                    ),
-                    ("KmsCaFile", raw.kms_ca_file.is_some()),
-                    ("KmsCaFileOnly", raw.kms_ca_file_only.is_some()),
-                    ("SdfLibrary", raw.sdf_library.is_some()),
-                    ("SdfKeyIndex", raw.sdf_key_index.is_some()),
-                    ("SdfPinFile", raw.sdf_pin_file.is_some()),
-                    ("SdfProfile", raw.sdf_profile.is_some()),
-                    ("SdfSessions", raw.sdf_sessions.is_some()),
-                ],
-                "sm2",
-            )?;
+            stray("sm2")?;
             let file = raw.sm2_private_key_file.ok_or_else(|| {
                 format!("field {at}Sm2PrivateKeyFile is required for Provider \"sm2\"")
             })?;
@@ -682,18 +692,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
             }))
         }
         "jdcloud" => {
-            stray(
-                &[
-                    ("Sm2PrivateKeyFile", raw.sm2_private_key_file.is_some()),
-                    ("Sm2KeyId", raw.sm2_key_id.is_some()),
-                    ("SdfLibrary", raw.sdf_library.is_some()),
-                    ("SdfKeyIndex", raw.sdf_key_index.is_some()),
-                    ("SdfPinFile", raw.sdf_pin_file.is_some()),
-                    ("SdfProfile", raw.sdf_profile.is_some()),
-                    ("SdfSessions", raw.sdf_sessions.is_some()),
-                ],
-                "jdcloud",
-            )?;
+            stray("jdcloud")?;
             let need = |v: Option<String>, name: &str| {
                 v.filter(|s| !s.is_empty())
                     .ok_or_else(|| format!("field {at}{name} is required for Provider \"jdcloud\""))
@@ -778,28 +777,7 @@ fn key_spec(raw: RawKey, base: &Path, at: &str, legacy_default: bool) -> Result<
             }))
         }
         "sdf" => {
-            stray(
-                &[
-                    ("Sm2PrivateKeyFile", raw.sm2_private_key_file.is_some()),
-                    ("AccessKey", raw.access_key.is_some()),
-                    ("SecretKey", raw.secret_key.is_some()),
-                    ("SecretKeyFile", raw.secret_key_file.is_some()),
-                    ("KmsEndpoint", raw.kms_endpoint.is_some()),
-                    ("KmsKeyId", raw.kms_key_id.is_some()),
-                    ("KmsSchema", raw.kms_schema.is_some()),
-                    ("KmsTimeoutMs", raw.kms_timeout_ms.is_some()),
-                    ("KmsSignVersion", raw.kms_sign_version.is_some()),
-                    ("LegacyCiphertexts", raw.legacy_ciphertexts.is_some()),
-                    ("KmsProxy", raw.kms_proxy.is_some()),
-                    (
-                        "KmsProxyCredentialsFile",
-                        raw.kms_proxy_credentials_file.is_some(),
-                    ),
-                    ("KmsCaFile", raw.kms_ca_file.is_some()),
-                    ("KmsCaFileOnly", raw.kms_ca_file_only.is_some()),
-                ],
-                "sdf",
-            )?;
+            stray("sdf")?;
             sdf_spec(raw, base, at).map(KeySpec::Sdf)
         }
         other => Err(format!(

@@ -12,7 +12,7 @@
 //!   (the constants below and in [`accept`]; docs/reliability.md, "The local attacker: the KMS socket").
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
@@ -76,6 +76,8 @@ pub(crate) enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(String),
+    #[error("socket {path}: its directory is not safe for it: {reason}")]
+    UntrustedDir { path: PathBuf, reason: String },
 }
 
 impl From<tonic::transport::Error> for ServerError {
@@ -135,14 +137,21 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
 pub(crate) fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
     let listener = match spec {
         SocketSpec::Path(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io_err(dir, "cannot create directory"))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(io_err(dir, "cannot create directory"))?;
+                // Whoever may write in the directory may replace the socket with their own and receive
+                // kube-apiserver's plaintext data keys: the same rule as for a key file's directory.
+                crate::keyfile::check_trusted_dir(dir).map_err(|e| ServerError::UntrustedDir {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
             }
             clear_stale(path)?;
-            let l = UnixListener::bind(path).map_err(io_err(path, "cannot bind"))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err(path, "cannot chmod 0600"))?;
-            l
+            bind_private(path)?
         }
         SocketSpec::Abstract(name) => {
             use std::os::linux::net::SocketAddrExt;
@@ -167,6 +176,17 @@ pub(crate) fn bind(spec: &SocketSpec) -> Result<BoundSocket, ServerError> {
         listener,
         guard: SocketFileGuard(spec.clone()),
     })
+}
+
+/// Binds `path` with a umask that leaves the socket file 0600 from the moment it exists: a chmod after
+/// the bind would leave a window in which anyone could connect. The umask is process-wide; nothing else
+/// creates files while the plugin starts.
+fn bind_private(path: &Path) -> Result<UnixListener, ServerError> {
+    use rustix::fs::Mode;
+    let before = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(before);
+    bound.map_err(io_err(path, "cannot bind"))
 }
 
 /// Serves v1beta1 and v2 on the socket until `shutdown` resolves, then drains in-flight calls (bounded by
@@ -221,6 +241,8 @@ pub(crate) async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[tokio::test]

@@ -18,7 +18,10 @@ use crate::secret::DataKey;
 pub struct Sm2Provider {
     kek_id: String,
     encrypting: EncryptingKey,
-    decrypting: DecryptingKey,
+    /// Kept as the `SecretKey`, which wipes itself when dropped (a reload drops the old one).
+    /// RustCrypto's `DecryptingKey` does not, so one is made per unwrap (rare: once per data key) and
+    /// lives only for that call.
+    secret: SecretKey,
 }
 
 impl std::fmt::Debug for Sm2Provider {
@@ -59,7 +62,7 @@ impl Sm2Provider {
         Ok(Self {
             kek_id,
             encrypting: EncryptingKey::new_with_mode(public, Mode::C1C3C2),
-            decrypting: DecryptingKey::new_with_mode(secret.to_nonzero_scalar(), Mode::C1C3C2),
+            secret,
         })
     }
 }
@@ -73,7 +76,7 @@ pub fn is_development_key(kek_id: &str) -> bool {
     DEVELOPMENT_KEY_IDS.contains(&kek_id)
 }
 
-/// The SM2 curve's OID, 1.2.156.10197.1.301: the `parameters` of an SM2 key's algorithm., 1.2.156.10197.1.301: the `parameters` of an SM2 key's algorithm.
+/// The SM2 curve's OID, 1.2.156.10197.1.301: the `parameters` of an SM2 key's algorithm.
 const SM2_CURVE_OID: &str = "1.2.156.10197.1.301";
 /// `id-ecPublicKey`, the algorithm OpenSSL 3 writes for an SM2 key (with the SM2 curve as parameter).
 const EC_PUBLIC_KEY_OID: &str = "1.2.840.10045.2.1";
@@ -301,15 +304,19 @@ impl Sm2Provider {
     }
 
     fn unwrap_sync(&self, wrapped: &[u8]) -> Result<DataKey, ProviderError> {
-        let plain = Zeroizing::new(self.decrypting.decrypt_der(wrapped).map_err(|_| {
-            ProviderError::InvalidWrappedKey(
-                format!(
-                    "SM2 decryption under {} failed (corrupted, or wrapped by another key)",
-                    self.kek_id
-                )
-                .into(),
-            )
-        })?);
+        let plain = Zeroizing::new(
+            DecryptingKey::new_with_mode(self.secret.to_nonzero_scalar(), Mode::C1C3C2)
+                .decrypt_der(wrapped)
+                .map_err(|_| {
+                    ProviderError::InvalidWrappedKey(
+                        format!(
+                            "SM2 decryption under {} failed (corrupted, or wrapped by another key)",
+                            self.kek_id
+                        )
+                        .into(),
+                    )
+                })?,
+        );
         DataKey::from_slice(&plain).ok_or_else(|| {
             ProviderError::InvalidWrappedKey(
                 format!(

@@ -367,3 +367,69 @@ fn keygen_makes_a_private_directory_and_never_writes_through_a_link() {
     );
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
 }
+
+/// `serve` with `config`: it must exit non-zero at once (within 5 s) with every needle in its output.
+fn serve_refused(config: &Path, needles: &[&str]) {
+    let mut child = Command::new(binary())
+        .arg("-f")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("plugin served from an untrusted socket directory");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for n in needles {
+        assert!(text.contains(n), "{n:?} missing:\n{text}");
+    }
+}
+
+/// The socket's directory decides who can put a socket of their own where kube-apiserver dials: one
+/// that others can write, or that another uid owns, is refused; the socket itself is 0600 from birth.
+#[test]
+fn the_socket_directory_must_be_trusted_and_the_socket_private() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = copy_key(dir.path(), "dev-sm2-key.pem");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let socket = run.join("kms.sock");
+    let config = write_config(
+        dir.path(),
+        &json!({"Sm2PrivateKeyFile": key, "HealthAddr": "", "GRPCSocketPath": socket}),
+    );
+
+    // Anyone may write in it: an attacker could swap the socket for theirs.
+    chmod(&run, 0o777);
+    serve_refused(&config, &[&run.display().to_string(), "chmod go-w"]);
+    assert!(!socket.exists());
+
+    // Another uid owns it.
+    chmod(&run, 0o755);
+    chown(&run, NOBODY);
+    serve_refused(&config, &[&run.display().to_string(), "65534"]);
+    assert!(!socket.exists());
+
+    // Trusted: serves, and the socket was never wider than 0600.
+    chown(&run, 0);
+    let p = Plugin::start(&config, &socket);
+    let mode = std::fs::metadata(&socket).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    assert!(p.stop().success());
+}
